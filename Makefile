@@ -1,0 +1,34 @@
+# Every target works on a fresh clone: each depends on the venv, which `install` builds once.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench bench-accuracy lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/pytest -n 2
+
+demo: install
+	$(BIN)/pipseg demo
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+bench-accuracy: install
+	$(BIN)/python benchmarks/accuracy.py
+
+lint: install
+	$(BIN)/ruff check pipseg tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,65 @@
+"""Reading any image users throw at us into one form: uint8 RGB, ``[H, W, 3]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipseg.errors import PipsegError
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+)
+
+
+def to_rgb_uint8(img: Image.Image) -> np.ndarray:
+    """Convert any PIL mode (gray, RGBA, palette, 16-bit, CMYK) to a uint8 RGB array."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit gray: scale by the true bit depth, not by clipping at 255.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        gray = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite transparency onto white rather than dropping alpha onto garbage colours.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 RGB ``[H, W, 3]``, honouring EXIF orientation.
+
+    Raises `PipsegError` naming the file when it is missing or not a readable image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return np.ascontiguousarray(to_rgb_uint8(img))
+    except FileNotFoundError:
+        raise PipsegError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise PipsegError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from None
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file without decoding its pixels (EXIF-rotated)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        raise PipsegError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise PipsegError(f"{path}: not a readable image ({e})") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
