@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 app.add_typer(config_app, name="config")
 
+# Command registrations (one import + one app.command line per command) go below.
+
 
 def _version(value: bool) -> None:
     if value:
