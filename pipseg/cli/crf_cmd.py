@@ -1,0 +1,42 @@
+"""`pipseg crf`: DenseCRF over probabilities saved by `pipseg predict --save-probs`, in parallel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipseg.cli._common import console, err_console, user_errors
+from pipseg.cli.predict_cmd import progress_bar
+
+
+def crf(
+    images: Annotated[Path, typer.Argument(help="Folder of the images (e.g. VOC2012/JPEGImages)")],
+    probs: Annotated[Path, typer.Argument(help="Folder of <name>.npz files from `pipseg predict --save-probs`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of palette PNGs")] = Path("predictions_crf"),
+    workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="Processes (default: all cores)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that exist (default: resume)")] = False,
+    config: Annotated[Path | None, typer.Option("--config", help="Take the crf: section of this config")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override e.g. --set crf.iters=5")] = None,
+) -> None:
+    """Refine saved probabilities with DenseCRF (resumable, all cores)."""
+    from pipseg.config import load_config
+    from pipseg.crf import DenseCRF, crf_folder
+
+    with user_errors():
+        cfg = load_config(config, overrides)
+        with progress_bar("crf") as update:
+            summary = crf_folder(
+                images, probs, out, DenseCRF.from_config(cfg.crf), workers, update, overwrite=overwrite
+            )
+    for message in summary.warnings:
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    for _, message in summary.failed:
+        err_console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(
+        f"{summary.written} written, {summary.skipped} already there, {len(summary.failed)} failed "
+        f"({summary.workers} worker{'s' if summary.workers > 1 else ''}) -> {out}", highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    if summary.failed:
+        raise typer.Exit(code=1)

@@ -1,0 +1,129 @@
+"""`pipseg eval`: score a prediction folder against ground truth, or a checkpoint on a val split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pipseg.cli._common import console, user_errors
+from pipseg.cli.predict_cmd import (
+    CheckpointOpt,
+    DeviceOpt,
+    progress_bar,
+    require_checkpoint,
+    resolve_device,
+)
+from pipseg.errors import PipsegError
+
+SUMMARY = (("mIoU", "miou"), ("pixel accuracy", "pixel_accuracy"), ("mean accuracy", "mean_accuracy"),
+           ("fw IoU", "fw_iou"))  # fmt: skip
+
+
+def results_table(results: dict[str, Any], classes: list[str] | None) -> Table:
+    """Per-class IoU and the four summary figures; a second column when a ``crf`` sub-dict is there."""
+    runs = [("IoU", results)] + ([("IoU + CRF", results["crf"])] if "crf" in results else [])
+    table = Table(show_edge=False)
+    table.add_column("class")
+    for title, _ in runs:
+        table.add_column(title, justify="right")
+    for c in range(len(results["iou"])):
+        name = classes[c] if classes is not None and c < len(classes) else str(c)
+        table.add_row(name, *(_pct(r["iou"][c]) for _, r in runs))
+    table.add_section()
+    for title, key in SUMMARY:
+        table.add_row(f"[bold]{title}[/]", *(f"[bold]{_pct(r[key])}[/]" for _, r in runs))
+    return table
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a class absent from GT and predictions) -> null: JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{100 * value:.2f}"
+
+
+def eval_(
+    config: Annotated[Path | None, typer.Argument(help="Config of the run (checkpoint mode)")] = None,
+    checkpoint: CheckpointOpt = None,
+    crf: Annotated[bool, typer.Option("--crf", help="Checkpoint mode: also score after DenseCRF")] = False,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a config key (repeatable)")] = None,
+    device: DeviceOpt = "auto",
+    pred: Annotated[Path | None, typer.Option("--pred", help="Folder mode: predicted <id>.png maps")] = None,
+    gt: Annotated[Path | None, typer.Option("--gt", help="Folder mode: ground-truth <id>.png maps")] = None,
+    id_list: Annotated[Path | None, typer.Option("--list", help="Folder mode: ids to score (default: every GT png)")] = None,
+    num_classes: Annotated[int, typer.Option("--num-classes", min=2, help="Folder mode: number of classes")] = 21,
+    crop_padded: Annotated[bool, typer.Option("--crop-padded", help="Folder mode: crop predictions padded bottom/right")] = False,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="Folder mode: reader threads")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file")] = None,
+) -> None:
+    """Score predictions: CONFIG --checkpoint CKPT [--crf], or --pred DIR --gt DIR."""
+    from pipseg.io import atomic_write_json
+
+    with user_errors():
+        if pred is not None or gt is not None:
+            if pred is None or gt is None or config is not None:
+                raise PipsegError("eval: folder mode takes both --pred DIR and --gt DIR and no CONFIG")
+            results, classes = _eval_folders(pred, gt, id_list, num_classes, crop_padded, workers)
+        elif config is not None:
+            results, classes = _eval_checkpoint(config, require_checkpoint(checkpoint), crf, overrides, device)
+        else:
+            raise PipsegError("eval: give CONFIG --checkpoint CKPT (score a model) or --pred DIR --gt DIR (score a folder)")
+        if json_out is not None:
+            atomic_write_json(json_out, _json_safe({**results, "classes": classes}))
+    console.print(results_table(results, classes))
+    if json_out is not None:
+        console.print(f"scores written to {json_out}", highlight=False, soft_wrap=True)
+
+
+def _eval_folders(
+    pred: Path, gt: Path, id_list: Path | None, num_classes: int, crop_padded: bool, workers: int | None
+) -> tuple[dict[str, Any], list[str] | None]:
+    from pipseg.config import VOC_CLASSES
+    from pipseg.evaluate import evaluate_folders, read_id_list
+
+    ids = read_id_list(id_list) if id_list is not None else None
+    with progress_bar("eval") as update:
+        results = evaluate_folders(
+            pred, gt, ids=ids, num_classes=num_classes, crop_padded=crop_padded, workers=workers, progress=update
+        )
+    return results, list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else None
+
+
+def _eval_checkpoint(
+    config: Path, checkpoint: Path, crf: bool, overrides: list[str] | None, device: str
+) -> tuple[dict[str, Any], list[str]]:
+    from pipseg.config import load_config
+    from pipseg.crf import DenseCRF
+    from pipseg.data.dataset import SegDataset
+    from pipseg.inference import evaluate_model
+    from pipseg.models import model_from_checkpoint
+    from pipseg.models.convention import mean_rgb255
+
+    cfg = load_config(config, overrides)
+    dev = resolve_device(device)
+    model, meta = model_from_checkpoint(checkpoint, dev)
+    if meta["num_classes"] != len(cfg.data.classes):
+        raise PipsegError(
+            f"{checkpoint}: the model has {meta['num_classes']} classes but data.classes in {config} "
+            f"lists {len(cfg.data.classes)}; use the config the checkpoint was trained with"
+        )
+    dataset = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False, pad_rgb=mean_rgb255(model.input_convention))
+    with progress_bar(f"eval {cfg.data.val_split}") as update:
+        results = evaluate_model(
+            model, dataset, num_classes=meta["num_classes"], pad_size=cfg.eval.pad_size, device=dev,
+            crf=DenseCRF.from_config(cfg.crf) if crf else None, progress=update,
+            batch_size=cfg.eval.batch_size,
+        )  # fmt: skip
+    results["num_images"] = len(dataset)
+    return results, list(cfg.data.classes)

@@ -1,0 +1,1 @@
+"""Datasets: VOC reading, the synthetic dataset, `pipseg prepare`, pseudo labels, augmentation."""
