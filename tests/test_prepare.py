@@ -260,3 +260,19 @@ def test_label_sanity_errors(prepared_root: Path, tmp_path: Path, case: str, mat
         prepare_dataset(root, sdi=sdi, classes=CLASSES, out=tmp_path / "out", workers=1)
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert "sdi" in info.value.report.sources
+
+
+def test_discover_sources_finds_the_download_layout(tmp_path):
+    from pipseg.data.prepare import discover_sources
+
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    voc.mkdir(parents=True)
+    assert discover_sources(voc) == {}
+    (tmp_path / "benchmark_RELEASE").mkdir()
+    (voc / "SegmentationClassBboxCRF").mkdir()
+    (voc / "VOC12_M&G+").mkdir()
+    assert discover_sources(voc) == {
+        "sbd_root": tmp_path,
+        "wssl": voc / "SegmentationClassBboxCRF",
+        "sdi": voc / "VOC12_M&G+",
+    }

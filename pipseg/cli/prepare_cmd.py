@@ -10,7 +10,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipseg.cli._common import console, fail, user_errors
-from pipseg.data.prepare import PrepareError, PrepareReport, prepare_dataset
+from pipseg.data.prepare import (
+    DEFAULT_VOC_ROOT,
+    PrepareError,
+    PrepareReport,
+    discover_sources,
+    prepare_dataset,
+)
 from pipseg.errors import PipsegError
 
 
@@ -60,7 +66,7 @@ def report_table(report: PrepareReport) -> Table:
 def prepare(
     voc_root: Annotated[
         Path, typer.Option("--voc-root", help="VOC2012 folder (JPEGImages, Annotations, ...).")
-    ],
+    ] = DEFAULT_VOC_ROOT,
     pseudo: Annotated[
         str, typer.Option(help="Pseudo labels to make from boxes: box,grabcut,crf.")
     ] = "",
@@ -81,11 +87,22 @@ def prepare(
     classes: Annotated[
         Path | None, typer.Option(help="Text file of class names, one per line, background first.")
     ] = None,
+    discover: Annotated[
+        bool,
+        typer.Option(help="Use SBD/WSSL/SDI found in the `pipseg download` layout when not given."),
+    ] = True,
 ) -> None:
     """Check a VOC-layout dataset and build splits, pseudo labels and the manifest training reads."""
     with user_errors():
         kinds = [k.strip() for k in pseudo.split(",") if k.strip()]
         names = _classes_file(classes)
+        given = {"sbd_root": sbd_root, "sdi": sdi, "wssl": wssl}
+        found = discover_sources(voc_root) if discover else {}
+        for key, path in found.items():
+            if given[key] is None:
+                given[key] = path
+                console.print(f"[dim]using {path} for --{key.replace('_', '-')} (download layout)[/]")
+        sbd_root, sdi, wssl = given["sbd_root"], given["sdi"], given["wssl"]
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=console, transient=True,

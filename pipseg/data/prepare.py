@@ -105,6 +105,29 @@ def _read_ids(path: Path) -> list[str]:
     return [line.split()[0] for line in lines if line.strip()]
 
 
+DEFAULT_VOC_ROOT = Path("~/data/VOCdevkit/VOC2012")
+WSSL_DIR_NAME = "SegmentationClassBboxCRF"
+SDI_DIR_NAME = "VOC12_M&G+"
+
+
+def discover_sources(voc_root: str | os.PathLike[str]) -> dict[str, Path]:
+    """Label sources that `pipseg download` (or a manual copy) left in the default layout.
+
+    SBD's ``benchmark_RELEASE`` beside ``VOCdevkit``; WSSL and SDI folders inside the VOC root.
+    Returns only those that exist, keyed like the `prepare_dataset` arguments.
+    """
+    root = Path(voc_root).expanduser()
+    candidates = {
+        "sbd_root": root.parent.parent / "benchmark_RELEASE",
+        "wssl": root / WSSL_DIR_NAME,
+        "sdi": root / SDI_DIR_NAME,
+    }
+    found = {key: path for key, path in candidates.items() if path.is_dir()}
+    if "sbd_root" in found:
+        found["sbd_root"] = found["sbd_root"].parent
+    return found
+
+
 def _sbd_dir(sbd_root: Path) -> Path:
     """Accept the folder holding ``benchmark_RELEASE`` or its ``dataset`` folder itself."""
     for candidate in (sbd_root / "benchmark_RELEASE" / "dataset", sbd_root / "dataset", sbd_root):

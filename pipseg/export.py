@@ -1,0 +1,179 @@
+"""Export a trained model to ONNX or TorchScript, with its input convention baked in.
+
+The exported graph takes RGB images ``[B, 3, H, W]`` with values 0..255 (dynamic B, H, W; uint8
+or float32, fixed at export) and returns ``probs``: softmax class probabilities
+``[B, C, H, W]`` float32 at the input resolution (logits upsampled bilinearly with
+``align_corners=True``), plus ``labels`` ``[B, H, W]`` int64 (argmax) when asked.
+
+It runs the image as given: no padding. The evaluation recipe (`pipseg.inference`) first pads
+to 513x513, so border pixels can differ slightly from `pipseg predict`; pad the image yourself
+with the mean colour (the sidecar's ``pad_rgb``) to reproduce it exactly.
+
+Next to the model a JSON sidecar (``<file>.json``) records classes, convention and the I/O spec.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipseg.errors import PipsegError
+from pipseg.io import atomic_path, atomic_write_json
+from pipseg.models.convention import InputConvention, mean_rgb255, prepare_images
+
+ExportFormat = Literal["onnx", "torchscript"]
+EXPORT_FORMAT_VERSION = "pipseg-export-v1"
+CHECK_TOLERANCE = 1e-4  # max abs difference of probabilities, exported vs eager
+
+
+class SegmentationExport(nn.Module):
+    """Images 0..255 RGB ``[B, 3, H, W]`` -> probabilities ``[B, C, H, W]`` (and argmax labels)."""
+
+    def __init__(self, model: nn.Module, convention: InputConvention, with_labels: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.convention = convention
+        self.with_labels = with_labels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(prepare_images(images, self.convention))
+        logits = F.interpolate(logits.float(), size=images.shape[-2:], mode="bilinear", align_corners=True)
+        probs = logits.softmax(dim=1)
+        if self.with_labels:
+            return probs, probs.argmax(dim=1)
+        return probs
+
+
+def sidecar(model: nn.Module, meta: dict[str, Any], fmt: ExportFormat, input_dtype: str, with_labels: bool) -> dict[str, Any]:
+    """The JSON description written next to an exported model."""
+    convention: InputConvention = model.input_convention
+    outputs = [{"name": "probs", "shape": ["batch", len(meta["classes"]), "height", "width"], "dtype": "float32",
+                "meaning": "softmax class probabilities at the input resolution"}]  # fmt: skip
+    if with_labels:
+        outputs.append({"name": "labels", "shape": ["batch", "height", "width"], "dtype": "int64",
+                        "meaning": "argmax class index"})  # fmt: skip
+    return {
+        "format": EXPORT_FORMAT_VERSION,
+        "file_format": fmt,
+        "model_name": meta.get("model_name", getattr(model, "name", None)),
+        "classes": list(meta["classes"]),
+        "input_convention": convention.as_dict(),
+        "input": {"name": "images", "shape": ["batch", 3, "height", "width"], "dtype": input_dtype,
+                  "range": "0..255", "channels": "RGB"},  # fmt: skip
+        "outputs": outputs,
+        "pad_rgb": [float(v) for v in mean_rgb255(convention)],
+        "note": "no padding inside the graph; pipseg's eval recipe pads to 513x513 with pad_rgb first",
+    }
+
+
+def _example(input_dtype: str, height: int, width: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (batch, 3, height, width), generator=g, dtype=torch.uint8)
+    return x if input_dtype == "uint8" else x.float()
+
+
+def _check_sizes(size: int) -> list[tuple[int, int, int]]:
+    return [(1, size, size), (2, size * 3 // 4 + 3, size + 5)]
+
+
+def export_model(
+    model: nn.Module,
+    meta: dict[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    fmt: ExportFormat = "onnx",
+    input_dtype: Literal["uint8", "float32"] = "float32",
+    with_labels: bool = False,
+    example_size: int = 97,
+    check: bool = True,
+) -> dict[str, Any]:
+    """Export ``model`` (CPU, eval mode) to ``out`` atomically and write ``<out>.json``.
+
+    With ``check`` the exported file is run (onnxruntime / torch.jit.load) on random images of
+    two sizes and batch sizes and compared with the eager wrapper; a difference above 1e-4 raises
+    `PipsegError`. Returns the sidecar dict plus ``max_abs_diff`` (None without ``check``).
+    """
+    if fmt not in ("onnx", "torchscript"):
+        raise PipsegError(f"--format {fmt}: unknown; use onnx or torchscript")
+    if input_dtype not in ("uint8", "float32"):
+        raise PipsegError(f"--input-dtype {input_dtype}: unknown; use uint8 or float32")
+    out = Path(out)
+    model = model.to("cpu").eval()
+    wrapper = SegmentationExport(model, model.input_convention, with_labels).eval()
+    example = _example(input_dtype, example_size, example_size + 16)
+    with torch.no_grad():
+        if fmt == "onnx":
+            _export_onnx(wrapper, example, out, with_labels)
+        else:
+            _export_torchscript(wrapper, example, out)
+    info = sidecar(model, meta, fmt, input_dtype, with_labels)
+    atomic_write_json(sidecar_path(out), info)
+    info["max_abs_diff"] = check_export(wrapper, out, fmt, input_dtype, example_size) if check else None
+    return info
+
+
+def sidecar_path(out: str | os.PathLike[str]) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    out = Path(out)
+    return out.with_name(out.name + ".json")
+
+
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path, with_labels: bool) -> None:
+    dims = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=8, max=8192),
+            3: torch.export.Dim("width", min=8, max=8192)}  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter is chatty about its own internals
+        program = torch.onnx.export(
+            wrapper, (example,), dynamo=True, dynamic_shapes={"images": dims},
+            input_names=["images"], output_names=["probs", "labels"] if with_labels else ["probs"],
+            external_data=False, verbose=False,
+        )  # fmt: skip
+    with atomic_path(out) as tmp:
+        program.save(tmp, external_data=False)
+
+
+def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit deprecation notice
+        traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+    with atomic_path(out) as tmp:
+        traced.save(str(tmp))
+
+
+def run_exported(path: str | os.PathLike[str], fmt: ExportFormat, images: torch.Tensor) -> np.ndarray:
+    """Probabilities from an exported file (onnxruntime on CPU, or torch.jit.load)."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        result = module(images)
+    return (result[0] if isinstance(result, tuple) else result).numpy()
+
+
+def check_export(wrapper: nn.Module, out: Path, fmt: ExportFormat, input_dtype: str, size: int) -> float:
+    """Max abs difference of probabilities, exported vs eager, over two input shapes."""
+    worst = 0.0
+    for seed, (batch, height, width) in enumerate(_check_sizes(size), start=1):
+        images = _example(input_dtype, height, width, batch, seed)
+        with torch.no_grad():
+            expected = wrapper(images)
+        expected = (expected[0] if isinstance(expected, tuple) else expected).numpy()
+        got = run_exported(out, fmt, images)
+        if got.shape != expected.shape:
+            raise PipsegError(f"{out}: exported model gave shape {got.shape} for input {tuple(images.shape)}, expected {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > CHECK_TOLERANCE:
+        raise PipsegError(f"{out}: exported model differs from PyTorch by {worst:.2e} (> {CHECK_TOLERANCE}); please report this")
+    return worst

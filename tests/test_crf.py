@@ -1,0 +1,135 @@
+"""DenseCRF against pydensecrf called directly, and the resumable parallel folder runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydensecrf.densecrf as dcrf
+import pytest
+from PIL import Image
+from pydensecrf.utils import unary_from_softmax
+from typer.testing import CliRunner
+
+import pipseg.crf
+from pipseg.cli import app
+from pipseg.config import CRFConfig
+from pipseg.crf import DenseCRF, crf_folder, load_probs, save_probs
+from pipseg.data.labels import read_label
+
+C = 3
+
+
+def scene(seed: int, h: int = 24, w: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """An image with three colour regions and noisy probabilities that disagree with it in places."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((h, w), np.int64)
+    truth[:, w // 3 :] = 1
+    truth[h // 2 :, 2 * w // 3 :] = 2
+    colours = np.array([[20, 30, 200], [220, 40, 30], [40, 200, 60]])
+    image = np.clip(colours[truth] + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+    logits = np.eye(C)[truth].transpose(2, 0, 1) * 1.5 + rng.normal(0, 1.0, (C, h, w))
+    probs = np.exp(logits) / np.exp(logits).sum(0)
+    return image, probs.astype(np.float32)
+
+
+def direct_pydensecrf(image: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The textbook pydensecrf call with PIP.md section 4 settings."""
+    h, w = image.shape[:2]
+    d = dcrf.DenseCRF2D(w, h, C)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=120, srgb=5, rgbim=np.ascontiguousarray(image), compat=5)
+    q = np.array(d.inference(10)).reshape(C, h, w)
+    return q, q.argmax(0).astype(np.uint8)
+
+
+def test_dense_crf_equals_pydensecrf() -> None:
+    image, probs = scene(0)
+    q_ref, labels_ref = direct_pydensecrf(image, probs)
+    crf = DenseCRF()
+    np.testing.assert_array_equal(crf(image, probs), labels_ref)
+    np.testing.assert_allclose(crf.refine(image, probs), q_ref, rtol=0, atol=1e-6)
+    assert (labels_ref != probs.argmax(0)).any(), "the scene must let the CRF change something"
+    assert DenseCRF.from_config(CRFConfig()) == crf
+
+
+def test_dense_crf_casts_inputs() -> None:
+    image, probs = scene(1)
+    expected = DenseCRF()(image, probs)
+    assert expected.dtype == np.uint8 and expected.shape == image.shape[:2]
+    fortran_probs = np.asfortranarray(probs.astype(np.float64))  # float64, not C-contiguous
+    strided_image = np.asfortranarray(image.astype(np.int64))
+    np.testing.assert_array_equal(DenseCRF()(strided_image, fortran_probs), expected)
+    np.testing.assert_array_equal(DenseCRF()(image, probs.transpose(0, 2, 1).copy().transpose(0, 2, 1)), expected)
+    read_only = image.copy()
+    read_only.setflags(write=False)
+    np.testing.assert_array_equal(DenseCRF()(read_only, probs), expected)
+    with pytest.raises(ValueError, match="same H, W"):
+        DenseCRF()(image[:-1], probs)
+
+
+def make_folder(root: Path, n: int = 4) -> tuple[Path, Path]:
+    images, probs = root / "images", root / "probs"
+    for i in range(n):
+        image, p = scene(10 + i)
+        (images / "sub").mkdir(parents=True, exist_ok=True)
+        name = f"sub/im{i}" if i == 0 else f"im{i}"
+        Image.fromarray(image).save(images / f"{name}.png")
+        save_probs(probs / f"{name}.npz", p)
+    return images, probs
+
+
+def expected_labels(images: Path, probs: Path, name: str) -> np.ndarray:
+    image = np.asarray(Image.open(images / f"{name}.png"))
+    return DenseCRF()(image, load_probs(probs / f"{name}.npz"))
+
+
+def test_crf_folder_parallel_and_resumable(tmp_path: Path) -> None:
+    images, probs = make_folder(tmp_path)
+    out = tmp_path / "out"
+    seen = []
+    summary = crf_folder(images, probs, out, DenseCRF(), workers=2, progress=lambda d, t: seen.append((d, t)))
+    assert (summary.written, summary.skipped, summary.failed, summary.warnings) == (4, 0, [], [])
+    assert seen[-1] == (4, 4)
+    for name in ("sub/im0", "im1", "im2", "im3"):
+        np.testing.assert_array_equal(read_label(out / f"{name}.png"), expected_labels(images, probs, name))
+
+    again = crf_folder(images, probs, out, DenseCRF(), workers=2)
+    assert (again.written, again.skipped) == (0, 4)
+    (out / "im2.png").unlink()
+    (images / "im3.png").unlink()
+    (out / "im3.png").unlink()
+    resumed = crf_folder(images, probs, out, DenseCRF(), workers=2)
+    assert (resumed.written, resumed.skipped) == (1, 2)
+    assert [sample_id for sample_id, _ in resumed.failed] == ["im3"]
+    assert (out / "im2.png").exists() and not (out / "im3.png").exists()
+
+
+class BrokenPool:
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise PermissionError("no semaphores in this sandbox")
+
+
+def test_crf_folder_falls_back_to_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, probs = make_folder(tmp_path, n=3)
+    monkeypatch.setattr(pipseg.crf, "ProcessPoolExecutor", BrokenPool)
+    warned = []
+    summary = crf_folder(images, probs, tmp_path / "out", DenseCRF(), workers=2, on_warning=warned.append)
+    assert summary.written == 3 and summary.workers == 1
+    assert len(summary.warnings) == 1 and "no semaphores" in summary.warnings[0] and warned == summary.warnings
+    for name in ("sub/im0", "im1", "im2"):
+        np.testing.assert_array_equal(read_label(tmp_path / "out" / f"{name}.png"), expected_labels(images, probs, name))
+
+
+def test_cli_crf(tmp_path: Path) -> None:
+    images, probs = make_folder(tmp_path, n=2)
+    args = ["crf", str(images), str(probs), "--out", str(tmp_path / "o"), "-j", "1", "--set", "crf.iters=5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    image = np.asarray(Image.open(images / "im1.png"))
+    np.testing.assert_array_equal(
+        read_label(tmp_path / "o" / "im1.png"), DenseCRF(iters=5)(image, load_probs(probs / "im1.npz"))
+    )
+    missing = CliRunner().invoke(app, ["crf", str(tmp_path / "nope"), str(probs)])
+    assert missing.exit_code == 2 and "not found" in missing.output
