@@ -124,12 +124,12 @@ def test_crf_folder_falls_back_to_one_process(tmp_path: Path, monkeypatch: pytes
 
 def test_cli_crf(tmp_path: Path) -> None:
     images, probs = make_folder(tmp_path, n=2)
-    args = ["crf", str(images), str(probs), "--out", str(tmp_path / "o"), "-j", "1", "--set", "crf.iters=5"]
+    args = ["crf", "--images", str(images), "--probs", str(probs), "--out", str(tmp_path / "o"), "-j", "1", "--set", "crf.iters=5"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     image = np.asarray(Image.open(images / "im1.png"))
     np.testing.assert_array_equal(
         read_label(tmp_path / "o" / "im1.png"), DenseCRF(iters=5)(image, load_probs(probs / "im1.npz"))
     )
-    missing = CliRunner().invoke(app, ["crf", str(tmp_path / "nope"), str(probs)])
+    missing = CliRunner().invoke(app, ["crf", "--images", str(tmp_path / "nope"), "--probs", str(probs)])
     assert missing.exit_code == 2 and "not found" in missing.output

@@ -12,8 +12,8 @@ from pipseg.cli.predict_cmd import progress_bar
 
 
 def crf(
-    images: Annotated[Path, typer.Argument(help="Folder of the images (e.g. VOC2012/JPEGImages)")],
-    probs: Annotated[Path, typer.Argument(help="Folder of <name>.npz files from `pipseg predict --save-probs`")],
+    images: Annotated[Path, typer.Option("--images", help="Folder of the images (e.g. VOC2012/JPEGImages)")],
+    probs: Annotated[Path, typer.Option("--probs", help="Folder of <name>.npz files from `pipseg predict --save-probs`")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of palette PNGs")] = Path("predictions_crf"),
     workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="Processes (default: all cores)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that exist (default: resume)")] = False,

@@ -1,0 +1,422 @@
+"""PIPLoss against an independent naive implementation written straight from PIP.md section 2.
+
+The oracle below loops over images and boxes, builds its own 2-D Gaussian and pads with
+``np.pad(mode="reflect")``; it shares no code with ``pipseg.losses``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipseg.config import LossConfig
+from pipseg.losses import CrossEntropyLoss, PIPLoss, build_loss, to_logit_grid
+
+DEFAULTS = dict(lamb=0.2, alpha=0.5, tau=5.0, radius=5, sigma=2.0, eps=1e-6)
+
+
+# --------------------------------------------------------------------------- naive oracle
+def naive_pixel_weights(boxes: np.ndarray, h: int, w: int, tau: float, r: int, sigma: float):
+    """g(p) for every image, PIP.md 2.2, with explicit loops (numpy float64)."""
+    b_count = boxes.shape[0]
+    ax = np.arange(-r, r + 1, dtype=np.float64)
+    kernel = np.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    s = np.zeros((b_count, h, w))
+    for b in range(b_count):
+        cover = np.ones((h, w))
+        outline = np.zeros((h, w))
+        for x0, y0, x1, y1, c in boxes[b]:
+            if c == -1:
+                continue
+            cover[y0 : y1 + 1, x0 : x1 + 1] += 1
+            ring = np.zeros((h, w))
+            ring[y0 : y1 + 1, x0 : x1 + 1] = 1
+            ring[y0 + 1 : y1, x0 + 1 : x1] = 0
+            outline += ring
+        padded = np.pad(outline, r, mode="reflect")
+        near = np.ones((h, w))
+        for i in range(h):
+            for j in range(w):
+                near[i, j] += (kernel * padded[i : i + 2 * r + 1, j : j + 2 * r + 1]).sum()
+        s[b] = cover * near
+    m = s.max()
+    gamma = (1.0 / (1.0 + np.exp(-s / m)) - 0.5) * tau + 1.0
+    return gamma / gamma.sum(axis=(1, 2), keepdims=True) * h * w
+
+
+def naive_pip(logits, labels, boxes, lamb, alpha, tau, radius, sigma, eps):
+    """(loss, box, pixel) from the equations; autograd flows through ``logits``."""
+    b_count, _, h, w = logits.shape
+    probs = torch.softmax(logits, dim=1)
+    box_sum = 0.0 * logits.sum()  # keeps the graph when there is no box
+    sizes = 1e-5
+    for b in range(b_count):
+        for x0, y0, x1, y1, c in boxes[b].tolist():
+            if c == -1:
+                continue
+            region = probs[b, c, y0 : y1 + 1, x0 : x1 + 1]
+            for j in range(region.shape[1]):
+                col = region[:, j].clamp(eps, 1 - eps)
+                box_sum = (
+                    box_sum + alpha * torch.log(col.max()) + (1 - alpha) * torch.log(1 - col.min())
+                )
+            for i in range(region.shape[0]):
+                row = region[i, :].clamp(eps, 1 - eps)
+                box_sum = (
+                    box_sum + alpha * torch.log(row.max()) + (1 - alpha) * torch.log(1 - row.min())
+                )
+            sizes += (y1 - y0 + 1) + (x1 - x0 + 1)
+    l_box = -box_sum / sizes
+
+    g = torch.as_tensor(
+        naive_pixel_weights(boxes.numpy(), h, w, tau, radius, sigma), dtype=logits.dtype
+    )
+    logp = torch.log_softmax(logits, dim=1)
+    total = logits.new_zeros(())
+    for b in range(b_count):
+        for i in range(h):
+            for j in range(w):
+                y = int(labels[b, i, j])
+                if y != 255:
+                    total = total - g[b, i, j] * logp[b, y, i, j]
+    l_pix = total / (b_count * h * w)
+    return lamb * l_box + l_pix, l_box, l_pix
+
+
+# --------------------------------------------------------------------------- random cases
+def random_box(rng: np.random.Generator, h: int, w: int, c: int) -> list[int]:
+    kind = rng.integers(0, 6)
+    if kind == 0:  # one pixel
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        return [x, y, x, y, c]
+    if kind == 1:  # whole map: touches every border
+        return [0, 0, w - 1, h - 1, c]
+    if kind == 2:  # one row / one column line
+        x0, x1 = sorted(rng.integers(0, w, 2).tolist())
+        y = int(rng.integers(0, h))
+        return [x0, y, x1, y, c] if rng.random() < 0.5 else [y % w, 0, y % w, h - 1, c]
+    if kind == 3:  # touches the right/bottom border
+        return [int(rng.integers(0, w)), int(rng.integers(0, h)), w - 1, h - 1, c]
+    x0, x1 = sorted(rng.integers(0, w, 2).tolist())
+    y0, y1 = sorted(rng.integers(0, h, 2).tolist())
+    return [x0, y0, x1, y1, c]
+
+
+def random_case(seed: int):
+    rng = np.random.default_rng(seed)
+    b_count = int(rng.integers(1, 4))
+    c_count = int(rng.integers(2, 6))
+    h, w = int(rng.integers(1, 14)), int(rng.integers(1, 14))
+    m = int(rng.integers(0, 6))
+    boxes = np.full((b_count, m, 5), -1, dtype=np.int64)
+    boxes[..., :4] = rng.integers(0, 3, (b_count, m, 4))  # padding rows carry junk corners
+    for b in range(b_count):
+        n = int(rng.integers(0, m + 1))  # some images have no box at all
+        for k in range(n):
+            boxes[b, k] = random_box(rng, h, w, int(rng.integers(0, c_count)))
+        if n > 1 and rng.random() < 0.5:  # a nested copy shrunk by one pixel
+            x0, y0, x1, y1, c = boxes[b, 0]
+            boxes[b, n - 1] = [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1), c]
+        rng.shuffle(boxes[b])  # padding rows anywhere
+    labels = rng.integers(0, c_count, (b_count, h, w))
+    labels[rng.random((b_count, h, w)) < 0.2] = 255
+    if rng.random() < 0.1:
+        labels[:] = 255
+    logits = torch.as_tensor(rng.normal(0, 3, (b_count, c_count, h, w)), dtype=torch.float64)
+    params = dict(
+        lamb=float(rng.uniform(0, 1)),
+        alpha=float(rng.uniform(0, 1)),
+        tau=float(rng.uniform(0, 8)),
+        radius=int(rng.integers(0, 7)),
+        sigma=float(rng.uniform(0.5, 3)),
+        eps=1e-6,
+    )
+    if seed % 3 == 0:
+        params = dict(DEFAULTS)
+    return logits, torch.as_tensor(labels), torch.as_tensor(boxes), params
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- value tests
+@pytest.mark.parametrize("seed", range(40))
+def test_matches_naive_value_and_gradient(seed: int) -> None:
+    logits, labels, boxes, params = random_case(seed)
+    z1 = logits.clone().requires_grad_(True)
+    z2 = logits.clone().requires_grad_(True)
+    parts = PIPLoss(**params).forward_parts(z1, labels, boxes)
+    loss, box, pixel = naive_pip(z2, labels, boxes, **params)
+    assert parts["loss"].dtype == torch.float64
+    assert_close(parts["box"], box)
+    assert_close(parts["pixel"], pixel)
+    assert_close(parts["loss"], loss)
+    parts["loss"].backward()
+    loss.backward()
+    assert_close(z1.grad, z2.grad)
+
+
+def test_default_case_at_training_size() -> None:
+    """41x41 grid, several classes and boxes, the paper's parameters."""
+    rng = np.random.default_rng(7)
+    logits = torch.as_tensor(rng.normal(0, 2, (2, 21, 41, 41)))
+    labels = torch.as_tensor(rng.integers(0, 21, (2, 41, 41)))
+    boxes = torch.as_tensor(
+        [[[3, 4, 30, 40, 5], [0, 0, 40, 40, 12], [10, 10, 12, 11, 5]],
+         [[20, 0, 40, 20, 1], [-1, -1, -1, -1, -1], [-1, -1, -1, -1, -1]]]
+    )  # fmt: skip
+    parts = PIPLoss().forward_parts(logits, labels, boxes)
+    _, box, pixel = naive_pip(logits, labels, boxes, **DEFAULTS)
+    assert_close(parts["box"], box)
+    assert_close(parts["pixel"], pixel)
+
+
+def test_gradcheck() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 5, 6))
+    labels[0, 0, :3] = 255
+    boxes = torch.tensor([[[0, 0, 3, 2, 1], [2, 1, 5, 4, 2]], [[1, 1, 1, 1, 2], [0, 0, 0, 0, -1]]])
+    loss_fn = PIPLoss(radius=2, sigma=1.0)
+    assert torch.autograd.gradcheck(lambda z: loss_fn(z, labels, boxes), (logits,))
+
+
+@pytest.mark.parametrize("m", [0, 3])
+def test_no_boxes_gives_zero_box_term_and_uniform_weights(m: int) -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(3, 4, 6, 7, dtype=torch.float64)
+    labels = torch.randint(0, 4, (3, 6, 7))
+    labels[1, 2:4] = 255
+    boxes = torch.full((3, m, 5), -1, dtype=torch.long)
+    parts = PIPLoss().forward_parts(logits, labels, boxes)
+    assert parts["box"].item() == 0.0 and math.copysign(1.0, parts["box"].item()) == 1.0
+    # No box: every weight is 1, so L_pix is the CE mean over all pixels, ignored ones as 0.
+    ce = F.cross_entropy(logits, labels, ignore_index=255, reduction="none")
+    assert_close(parts["pixel"], ce.mean())
+    assert_close(parts["loss"], ce.mean())
+
+
+def test_all_ignore_labels_leave_only_the_box_term() -> None:
+    torch.manual_seed(2)
+    logits = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    labels = torch.full((2, 8, 8), 255)
+    boxes = torch.tensor([[[1, 2, 5, 6, 1]], [[0, 0, 7, 7, 2]]])
+    loss_fn = PIPLoss(lamb=0.7)
+    parts = loss_fn.forward_parts(logits, labels, boxes)
+    assert parts["pixel"].item() == 0.0
+    _, box, _ = naive_pip(logits, labels, boxes, **{**DEFAULTS, "lamb": 0.7})
+    assert_close(parts["loss"], 0.7 * box)
+    parts["loss"].backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 9), (2, 13), (5, 5), (6, 3)])
+def test_maps_not_larger_than_the_radius(hw: tuple[int, int]) -> None:
+    h, w = hw
+    torch.manual_seed(3)
+    logits = torch.randn(2, 3, h, w, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, h, w))
+    boxes = torch.tensor([[[0, 0, w - 1, h - 1, 1], [w // 2, h // 2, w - 1, h - 1, 2]],
+                          [[w - 1, 0, w - 1, h - 1, 2], [0, 0, 0, 0, -1]]])  # fmt: skip
+    parts = PIPLoss(radius=5).forward_parts(logits, labels, boxes)
+    _, box, pixel = naive_pip(logits, labels, boxes, **DEFAULTS)
+    assert_close(parts["box"], box)
+    assert_close(parts["pixel"], pixel)
+
+
+def test_saturated_probabilities_are_clamped() -> None:
+    logits = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
+    logits[0, 1] = 200.0  # P(class 1) == 1 to double precision: log(1 - min) would be -inf
+    logits[0, 1, 0, 0] = -200.0  # and P == 0 at one pixel
+    logits.requires_grad_(True)
+    labels = torch.ones(1, 4, 4, dtype=torch.long)
+    boxes = torch.tensor([[[0, 0, 3, 3, 1]]])
+    parts = PIPLoss().forward_parts(logits, labels, boxes)
+    assert torch.isfinite(parts["loss"])
+    _, box, _ = naive_pip(logits, labels, boxes, **DEFAULTS)
+    assert_close(parts["box"], box)
+    parts["loss"].backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_boxes_without_area_are_skipped() -> None:
+    torch.manual_seed(4)
+    logits = torch.randn(1, 3, 6, 6, dtype=torch.float64)
+    labels = torch.randint(0, 3, (1, 6, 6))
+    good = torch.tensor([[[1, 1, 4, 3, 2]]])
+    with_empty = torch.tensor([[[1, 1, 4, 3, 2], [4, 1, 2, 3, 1], [1, 5, 2, 4, 1]]])
+    a = PIPLoss().forward_parts(logits, labels, good)
+    b = PIPLoss().forward_parts(logits, labels, with_empty)
+    assert_close(b["loss"], a["loss"])
+
+
+def test_float32_matches_float64() -> None:
+    logits, labels, boxes, params = random_case(5)
+    loss_fn = PIPLoss(**params)
+    torch.testing.assert_close(
+        loss_fn(logits.float(), labels, boxes).double(),
+        loss_fn(logits, labels, boxes),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+def test_autocast_bfloat16_runs_in_float32() -> None:
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    images = torch.randn(2, 3, 10, 10)
+    labels = torch.randint(0, 4, (2, 10, 10))
+    boxes = torch.tensor([[[1, 1, 8, 8, 1]], [[0, 0, 9, 4, 3]]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(images)
+        assert logits.dtype == torch.bfloat16
+        parts = PIPLoss().forward_parts(logits, labels, boxes)
+    assert all(v.dtype == torch.float32 for v in parts.values())
+    assert torch.isfinite(parts["loss"])
+    parts["loss"].backward()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+    # The bf16 logits, computed in float32 outside autocast, give the same value.
+    torch.testing.assert_close(
+        parts["loss"].detach(), PIPLoss()(logits.detach().float(), labels, boxes)
+    )
+
+
+def test_forward_has_no_data_dependent_host_sync() -> None:
+    """On the meta device every .item()/.tolist()/boolean indexing fails: the loss must not."""
+    logits = torch.empty(3, 5, 9, 7, device="meta", requires_grad=True)
+    labels = torch.empty(3, 9, 7, dtype=torch.long, device="meta")
+    boxes = torch.empty(3, 4, 5, dtype=torch.long, device="meta")
+    parts = PIPLoss().forward_parts(logits, labels, boxes)
+    parts["loss"].backward()
+    assert logits.grad.shape == logits.shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    logits, labels, boxes, params = random_case(11)
+    loss_fn = PIPLoss(**params)
+    cpu = loss_fn(logits, labels, boxes)
+    gpu = loss_fn.cuda()(logits.cuda(), labels.cuda(), boxes.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-12)
+
+
+def test_bad_shapes_raise() -> None:
+    with pytest.raises(ValueError):
+        PIPLoss()(
+            torch.randn(1, 2, 4, 4),
+            torch.zeros(1, 4, 5, dtype=torch.long),
+            torch.zeros(1, 0, 5, dtype=torch.long),
+        )
+    with pytest.raises(ValueError):
+        PIPLoss()(
+            torch.randn(1, 2, 4, 4),
+            torch.zeros(1, 4, 4, dtype=torch.long),
+            torch.zeros(1, 0, 4, dtype=torch.long),
+        )
+
+
+# --------------------------------------------------------------------------- CE baseline
+def test_cross_entropy_baseline() -> None:
+    torch.manual_seed(6)
+    logits = torch.randn(2, 5, 6, 6, dtype=torch.float64)
+    labels = torch.randint(0, 5, (2, 6, 6))
+    labels[0, :3] = 255
+    parts = CrossEntropyLoss().forward_parts(logits, labels, torch.zeros(2, 0, 5, dtype=torch.long))
+    expected = torch.nn.CrossEntropyLoss(ignore_index=255)(logits, labels)
+    assert_close(parts["loss"], expected)
+    assert_close(parts["pixel"], expected)
+    assert parts["box"].item() == 0.0
+    all_ignored = CrossEntropyLoss()(logits, torch.full_like(labels, 255))
+    assert all_ignored.item() == 0.0
+
+
+def test_build_loss() -> None:
+    assert isinstance(build_loss(LossConfig(kind="ce")), CrossEntropyLoss)
+    loss = build_loss(
+        LossConfig(kind="pip", lamb=0.3, alpha=0.4, tau=2.0, radius=3, sigma=1.5, eps=1e-5)
+    )
+    assert isinstance(loss, PIPLoss)
+    assert (loss.lamb, loss.alpha, loss.tau, loss.radius, loss.sigma, loss.eps) == (
+        0.3,
+        0.4,
+        2.0,
+        3,
+        1.5,
+        1e-5,
+    )
+    assert loss.kernel.numel() == 7
+
+
+# --------------------------------------------------------------------------- to_logit_grid
+def test_to_logit_grid_321_to_41() -> None:
+    rng = np.random.default_rng(8)
+    labels = torch.as_tensor(rng.integers(0, 21, (2, 321, 321)))
+    labels[0, :50] = 255
+    boxes = torch.tensor(
+        [[[0, 0, 320, 320, 3], [160, 7, 200, 319, 5], [-1, -1, -1, -1, -1]],
+         [[8, 16, 24, 39, 1], [0, 0, 0, 0, 2], [5, 6, 7, 8, -1]]]
+    )  # fmt: skip
+    grid_labels, grid_boxes = to_logit_grid(labels, boxes, (41, 41))
+    # Nearest at pixel centres: output i reads input floor((i + 0.5) * 321 / 41).
+    src = [((2 * i + 1) * 321) // 82 for i in range(41)]
+    assert torch.equal(grid_labels, labels[:, src][:, :, src])
+    # x * 41 / 321: 320 -> 40.87 -> 40; 160 -> 20.44 -> 20; 7 -> 0.89 -> 1; 200 -> 25.55 -> 26;
+    # 319 -> 40.74 -> 41 clipped to 40; 8 -> 1.02 -> 1; 16 -> 2.04 -> 2; 24 -> 3.07 -> 3; 39 -> 4.98 -> 5.
+    expected = torch.tensor(
+        [[[0, 0, 40, 40, 3], [20, 1, 26, 40, 5], [-1, -1, -1, -1, -1]],
+         [[1, 2, 3, 5, 1], [0, 0, 0, 0, 2], [5, 6, 7, 8, -1]]]
+    )  # fmt: skip
+    assert torch.equal(grid_boxes, expected)
+    assert grid_boxes.dtype == torch.long and grid_labels.dtype == labels.dtype
+
+
+def test_to_logit_grid_rounds_half_to_even_and_scales_axes_apart() -> None:
+    labels = torch.arange(10 * 20).reshape(1, 10, 20) % 255  # crop h=10, w=20
+    # x scale 5/20: 2 -> 0.5 -> 0; 6 -> 1.5 -> 2; 10 -> 2.5 -> 2; 14 -> 3.5 -> 4; 19 -> 4.75 -> clip 4.
+    # y scale 4/10: 5 -> 2.0; 9 -> 3.6 -> 4 clipped to 3; 0 -> 0; 1 -> 0.4 -> 0.
+    boxes = torch.tensor([[[2, 5, 6, 9, 1], [10, 0, 14, 1, 2], [19, 0, 19, 0, 1]]])
+    grid_labels, grid_boxes = to_logit_grid(labels, boxes, (4, 5))
+    assert torch.equal(
+        grid_boxes, torch.tensor([[[0, 2, 2, 3, 1], [2, 0, 4, 0, 2], [4, 0, 4, 0, 1]]])
+    )
+    # Rows read floor((i + .5) * 10 / 4) = 1, 3, 6, 8; columns floor((j + .5) * 4) = 2, 6, 10, 14, 18.
+    assert torch.equal(grid_labels, labels[:, [1, 3, 6, 8]][:, :, [2, 6, 10, 14, 18]])
+
+
+def test_to_logit_grid_without_boxes() -> None:
+    labels = torch.zeros(3, 17, 17, dtype=torch.long)
+    grid_labels, grid_boxes = to_logit_grid(labels, torch.zeros(3, 0, 5, dtype=torch.long), (3, 3))
+    assert grid_labels.shape == (3, 3, 3) and grid_boxes.shape == (3, 0, 5)
+
+
+def test_pip_loss_on_grid_output_end_to_end() -> None:
+    """to_logit_grid output feeds PIPLoss directly and matches the oracle."""
+    rng = np.random.default_rng(9)
+    labels = torch.as_tensor(rng.integers(0, 4, (2, 65, 65)))
+    boxes = torch.tensor(
+        [[[0, 0, 64, 64, 1], [30, 10, 50, 60, 2]], [[5, 5, 5, 5, 3], [-1, -1, -1, -1, -1]]]
+    )
+    grid_labels, grid_boxes = to_logit_grid(labels, boxes, (9, 9))
+    logits = torch.as_tensor(rng.normal(0, 2, (2, 4, 9, 9)))
+    _, box, pixel = naive_pip(logits, grid_labels, grid_boxes, **DEFAULTS)
+    parts = PIPLoss().forward_parts(logits, grid_labels, grid_boxes)
+    assert_close(parts["box"], box)
+    assert_close(parts["pixel"], pixel)
+    assert math.isfinite(parts["loss"].item())
+
+
+def test_one_module_on_several_grid_sizes() -> None:
+    """The per-size blur cache must not leak between grid sizes."""
+    loss_fn = PIPLoss(**DEFAULTS)
+    for seed in (20, 21, 22, 23):
+        logits, labels, boxes, _ = random_case(seed)
+        _, box, pixel = naive_pip(logits, labels, boxes, **DEFAULTS)
+        parts = loss_fn.forward_parts(logits, labels, boxes)
+        assert_close(parts["box"], box)
+        assert_close(parts["pixel"], pixel)
