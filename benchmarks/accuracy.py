@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("runs/accuracy"))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=None, help="override optim.iters")
+    parser.add_argument("--iters", type=int, default=400, help="optim.iters of every run (0: the config's)")
     parser.add_argument("--ablations", action="store_true", help="also run the ablations")
     parser.add_argument("--only", nargs="*", help="run only these settings")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))

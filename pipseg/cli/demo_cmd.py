@@ -32,9 +32,11 @@ def demo(
             nonlocal task
             if event.get("event") == "start":
                 task = bar.add_task("train", total=event.get("iters"), info="")
-            elif event.get("event") in ("iter", "log") and task is not None:
-                info = f"loss {event['loss']:.3f}" if "loss" in event else ""
-                bar.update(task, completed=event.get("iteration", 0), info=info)
+            elif event.get("event") == "iter" and task is not None:
+                bar.update(task, completed=event["iteration"])
+            elif event.get("event") == "log" and task is not None:
+                bar.update(task, info=f"loss {event['loss']:.3f} (box {event['box']:.3f}, "
+                           f"pixel {event['pixel']:.3f})")  # fmt: skip
 
         result = run_demo(
             workdir, config=config, overrides=overrides, with_crf=crf,
