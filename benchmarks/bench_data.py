@@ -37,8 +37,8 @@ def _rate(fn: Callable[[], int], repeats: int = 2) -> float:
     return best
 
 
-def main(argv: Sequence[str] | None = None) -> str:
-    """Run the benchmark and return (and print) the markdown table."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--crop", type=int, default=321)
@@ -46,7 +46,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument(
         "--root", type=Path, default=None, help="dataset cache folder (default: temp)"
     )
+    parser.add_argument("--quick", action="store_true", help="24 images (smoke run)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.images = 24
 
     tmp = None
     if args.root is None:
@@ -100,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     print(table)
     if tmp is not None:
         tmp.cleanup()
-    return table
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -126,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.naive_repeats = 3, 1
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -22,6 +22,7 @@ VOC_CLASSES: tuple[str, ...] = (
 )  # fmt: skip
 
 LabelSource = Literal["gt", "sdi", "wssl", "box", "grabcut", "crf"]
+ModelName = Literal["vgg16_largefov", "deeplabv2_resnet101", "tiny_deeplab"]  # = models.MODEL_NAMES
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -74,7 +75,7 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """Which network, and what it starts from."""
 
-    name: str = "vgg16_largefov"
+    name: ModelName = "vgg16_largefov"
     init: str = Field(
         "imagenet",
         description="'imagenet' (the registry's weight file in weights_dir), 'none', or a path",
@@ -206,6 +207,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into one clear line."""
+    if path.is_dir():
+        raise PipsegError(f"{path}: is a folder; expected a YAML config file such as configs/sdi.yaml")
     if not path.is_file():
         raise PipsegError(f"{path}: config file not found (see configs/ for examples)")
     try:

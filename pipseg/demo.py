@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from pipseg.config import Config, load_config
-from pipseg.crf import DenseCRF
 from pipseg.data.dataset import SegDataset
 from pipseg.data.labels import colorize, write_label
 from pipseg.data.prepare import prepare_dataset
@@ -26,7 +25,8 @@ from pipseg.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
 from pipseg.engine.checkpoint import run_progress
 from pipseg.engine.trainer import train
 from pipseg.errors import PipsegError
-from pipseg.inference import evaluate_model, predict_probs
+from pipseg.evaluate import evaluate_checkpoint
+from pipseg.inference import predict_probs
 from pipseg.io import atomic_write
 from pipseg.models import model_from_checkpoint
 from pipseg.predict import overlay_image
@@ -126,13 +126,11 @@ def run_demo(
 
     stage("evaluating on the val split against ground truth")
     device = "cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"
-    model, meta = model_from_checkpoint(checkpoint, device=device)
-    val = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False, pad_rgb=(0, 0, 0))
-    crf = DenseCRF.from_config(cfg.crf) if with_crf else None
-    metrics = evaluate_model(model, val, num_classes=len(cfg.data.classes),
-                             pad_size=cfg.eval.pad_size, device=device, crf=crf)  # fmt: skip
+    metrics, _ = evaluate_checkpoint(cfg, checkpoint, crf=with_crf, device=device)
 
     stage("writing predictions and the contact sheet")
+    model, meta = model_from_checkpoint(checkpoint, device=device)
+    val = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False)
     pred_dir = workdir / "predictions"
     rows = []
     for index in range(min(n_show, len(val))):

@@ -12,13 +12,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipseg.crf import default_workers, pool_context
 from pipseg.data.labels import IGNORE_INDEX, read_label
 from pipseg.errors import PipsegError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pipseg.config import Config
 
 CHUNK = 32  # pairs per task: amortises inter-process traffic, keeps progress updates flowing
 
@@ -161,3 +166,40 @@ def evaluate_folders(
     result = scores_from_matrix(matrix)
     result["num_images"] = len(ids) if ids is not None else len(gt_ids(Path(gt_dir)))
     return result
+
+
+def evaluate_checkpoint(
+    cfg: Config,
+    checkpoint: str | os.PathLike[str],
+    *,
+    crf: bool = False,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int, int | None], None] | None = None,
+    source: str = "<config>",
+) -> tuple[dict[str, Any], list[str]]:
+    """Predict and score ``cfg.data.val_split`` against ground truth with a checkpoint.
+
+    Returns the scores (`ConfusionMatrix.compute()` + ``num_images``; with ``crf`` a ``"crf"``
+    sub-dict holds the same figures after DenseCRF) and the class names.
+    """
+    from pipseg.crf import DenseCRF
+    from pipseg.data.dataset import SegDataset
+    from pipseg.inference import evaluate_model
+    from pipseg.models import model_from_checkpoint
+    from pipseg.models.convention import mean_rgb255
+
+    model, meta = model_from_checkpoint(checkpoint, device)
+    if meta["num_classes"] != len(cfg.data.classes):
+        raise PipsegError(
+            f"{checkpoint}: the model has {meta['num_classes']} classes but data.classes in {source} "
+            f"lists {len(cfg.data.classes)}; use the config the checkpoint was trained with"
+        )
+    dataset = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False,
+                         pad_rgb=mean_rgb255(model.input_convention))  # fmt: skip
+    results = evaluate_model(
+        model, dataset, num_classes=meta["num_classes"], pad_size=cfg.eval.pad_size, device=device,
+        crf=DenseCRF.from_config(cfg.crf) if crf else None, progress=progress,
+        batch_size=cfg.eval.batch_size,
+    )  # fmt: skip
+    results["num_images"] = len(dataset)
+    return results, list(cfg.data.classes)

@@ -93,6 +93,7 @@ def export_model(
     with_labels: bool = False,
     example_size: int = 97,
     check: bool = True,
+    source: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` (CPU, eval mode) to ``out`` atomically and write ``<out>.json``.
 
@@ -105,17 +106,24 @@ def export_model(
     if input_dtype not in ("uint8", "float32"):
         raise PipsegError(f"--input-dtype {input_dtype}: unknown; use uint8 or float32")
     out = Path(out)
+    if source is not None and out.resolve() == Path(source).resolve():
+        raise PipsegError(f"{out}: --out is the checkpoint being exported; choose another file")
     model = model.to("cpu").eval()
     wrapper = SegmentationExport(model, model.input_convention, with_labels).eval()
     example = _example(input_dtype, example_size, example_size + 16)
-    with torch.no_grad():
+    # Export and check the temp file; only a file that passed the check is renamed into place.
+    with torch.no_grad(), atomic_path(out) as tmp:
         if fmt == "onnx":
-            _export_onnx(wrapper, example, out, with_labels)
+            _export_onnx(wrapper, example, tmp, with_labels)
         else:
-            _export_torchscript(wrapper, example, out)
+            _export_torchscript(wrapper, example, tmp)
+        try:
+            max_diff = check_export(wrapper, tmp, fmt, input_dtype, example_size) if check else None
+        except PipsegError as e:
+            raise PipsegError(str(e).replace(str(tmp), str(out))) from None
     info = sidecar(model, meta, fmt, input_dtype, with_labels)
     atomic_write_json(sidecar_path(out), info)
-    info["max_abs_diff"] = check_export(wrapper, out, fmt, input_dtype, example_size) if check else None
+    info["max_abs_diff"] = max_diff
     return info
 
 
@@ -135,16 +143,14 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, out: Path, with_labe
             input_names=["images"], output_names=["probs", "labels"] if with_labels else ["probs"],
             external_data=False, verbose=False,
         )  # fmt: skip
-    with atomic_path(out) as tmp:
-        program.save(tmp, external_data=False)
+    program.save(out, external_data=False)
 
 
 def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, out: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit deprecation notice
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
-    with atomic_path(out) as tmp:
-        traced.save(str(tmp))
+    traced.save(str(out))
 
 
 def run_exported(path: str | os.PathLike[str], fmt: ExportFormat, images: torch.Tensor) -> np.ndarray:

@@ -51,10 +51,10 @@ def to_logit_grid(labels: Tensor, boxes: Tensor, out_hw: tuple[int, int]) -> tup
     # Float64 makes x * W / Wc exact enough that true halves stay halves for round-half-even.
     coords = boxes[..., :4].double()
     # Multiply before dividing so x * W is an exact integer and the one division rounds once.
-    num = coords.new_tensor([width, height] * 2)
-    den = coords.new_tensor([crop_w, crop_h] * 2)
-    upper = coords.new_tensor([width - 1, height - 1] * 2)
-    scaled = torch.round(torch.minimum((coords * num / den).clamp(min=0), upper))
+    # Python scalars per column: no host-to-device copy of constants in the training step.
+    xs = (coords[..., 0::2] * width / crop_w).clamp(0, width - 1)
+    ys = (coords[..., 1::2] * height / crop_h).clamp(0, height - 1)
+    scaled = torch.round(torch.stack([xs[..., 0], ys[..., 0], xs[..., 1], ys[..., 1]], dim=-1))
     padding = boxes[..., 4:5] < 0
     grid_coords = torch.where(padding, boxes[..., :4], scaled.to(boxes.dtype))
     return grid_labels, torch.cat([grid_coords, boxes[..., 4:5]], dim=-1)

@@ -8,11 +8,13 @@ float16 probabilities ``[C, H, W]`` under the key ``probs``, the input of `pipse
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,7 +26,7 @@ from pipseg.data.images import IMAGE_EXTENSIONS, image_size, read_image
 from pipseg.data.labels import IGNORE_INDEX, VOC_PALETTE, write_label
 from pipseg.errors import PipsegError
 from pipseg.inference import padded_size, predict_probs_batch
-from pipseg.io import atomic_write_bytes
+from pipseg.io import atomic_write_bytes, atomic_write_json
 
 OVERLAY_ALPHA = 0.5
 
@@ -161,6 +163,7 @@ def predict_files(
     overwrite: bool = False,
     amp_dtype: torch.dtype | None = None,
     progress: Callable[[int, int], None] | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> PredictSummary:
     """Predict every image and write its outputs (see the module docstring) under ``out_dir``.
 
@@ -170,6 +173,9 @@ def predict_files(
     path would be one of the inputs.
     """
     out_dir = Path(out_dir)
+    settings = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+                "crf": crf is not None, "tta": tta, "pad_size": pad_size}  # fmt: skip
+    _check_settings(out_dir, settings, overwrite)
     wanted = ["label"] + (["overlay"] if overlay else []) + (["probs"] if probs else [])
     inputs = {img.path.resolve() for img in images}
     summary = PredictSummary(total=len(images))
@@ -225,7 +231,30 @@ def predict_files(
                     _write_outputs(arrays[i], prob, batch[i][1], classes, crf)
                     summary.written += 1
                     advance()
+    if summary.written:
+        atomic_write_json(out_dir / SETTINGS_NAME, settings)
     return summary
+
+
+SETTINGS_NAME = ".pipseg-predict.json"
+
+
+def _check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to mix outputs of different settings (say plain and --crf) in one folder."""
+    path = out_dir / SETTINGS_NAME
+    if overwrite or not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    changed = [k for k in settings if k in before and before[k] != settings[k]]
+    if changed:
+        what = ", ".join(f"{k} {before[k]} -> {settings[k]}" for k in changed)
+        raise PipsegError(
+            f"{out_dir}: holds predictions made with other settings ({what}); "
+            "use --overwrite to redo them or choose another --out"
+        )
 
 
 def _write_outputs(

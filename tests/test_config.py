@@ -148,3 +148,20 @@ def test_cli_help_and_version():
     assert result.exit_code == 0 and "pipseg" in result.output
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
+
+
+def test_model_names_match_the_registry(tmp_path: Path):
+    from typing import get_args
+
+    from pipseg.config import ModelName
+    from pipseg.models import MODEL_NAMES
+
+    assert set(get_args(ModelName)) == set(MODEL_NAMES)
+    path = _write(tmp_path, "model:\n  name: vgg19\n")
+    result = runner.invoke(app, ["config", "show", str(path)])
+    assert result.exit_code == 2 and "model.name" in result.output
+
+
+def test_config_path_is_a_folder(tmp_path: Path):
+    result = runner.invoke(app, ["config", "show", str(tmp_path)])
+    assert result.exit_code == 2 and "is a folder" in result.output

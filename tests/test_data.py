@@ -348,3 +348,24 @@ def test_dataloader_workers_are_reproducible(synthetic_data_cfg: DataConfig) -> 
 
     a, b = first_batch(), first_batch()
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"])
+
+
+def test_label_class_out_of_range_names_the_file(synthetic_data_cfg):
+    """A label value >= number of classes must not reach the loss as an index error."""
+    import numpy as np
+
+    from pipseg.data.dataset import SegDataset
+    from pipseg.data.labels import read_label, write_label
+
+    ds = SegDataset(synthetic_data_cfg, "val", "gt", train=False)
+    path = ds.label_paths[0]
+    original = read_label(path)
+    broken = original.copy()
+    broken[0, 0] = len(synthetic_data_cfg.classes)
+    write_label(path, broken)
+    try:
+        with pytest.raises(PipsegError, match=f"{path.name}.*holds class"):
+            ds.load(0)
+    finally:
+        write_label(path, original)
+    assert np.array_equal(read_label(path), original)

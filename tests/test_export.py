@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from pipseg.cli import app
+from pipseg.errors import PipsegError
 from pipseg.export import export_model, sidecar_path
 from pipseg.models import CHECKPOINT_FORMAT, build_model
 
@@ -104,3 +105,20 @@ def test_cli_export(tmp_path: Path, tiny: torch.nn.Module) -> None:
     assert "max |diff|" in result.output and (tmp_path / "m.ts.json").is_file()
     missing = runner.invoke(app, ["export", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.onnx")])
     assert missing.exit_code == 2 and "nope.pt" in missing.output
+    before = ckpt.read_bytes()
+    onto_itself = runner.invoke(app, ["export", str(ckpt), "--format", "torchscript", "--out", str(ckpt)])
+    assert onto_itself.exit_code == 2 and "checkpoint being exported" in onto_itself.output
+    assert ckpt.read_bytes() == before
+
+
+def test_failed_check_leaves_nothing(tmp_path: Path, tiny: torch.nn.Module, monkeypatch) -> None:
+    import pipseg.export as export
+
+    def broken(path, fmt, images):
+        return np.zeros((images.shape[0], tiny.num_classes, *images.shape[2:]), np.float32)
+
+    monkeypatch.setattr(export, "run_exported", broken)
+    out = tmp_path / "m.ts"
+    with pytest.raises(PipsegError, match="differs from PyTorch"):
+        export.export_model(tiny, {"classes": CLASSES}, out, fmt="torchscript")
+    assert list(tmp_path.iterdir()) == []

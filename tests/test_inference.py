@@ -183,6 +183,11 @@ def test_cli_predict_folder(tmp_path: Path, tiny: torch.nn.Module, monkeypatch: 
     assert again.exit_code == 1 and "5 written" in again.output, again.output
     np.testing.assert_array_equal(read_label(out / "good.png"), expected)
 
+    # Outputs of other settings are never passed off as CRF results.
+    mixed = runner.invoke(app, args + ["--crf"])
+    assert mixed.exit_code == 2 and "other settings" in mixed.output and "crf" in mixed.output
+    np.testing.assert_array_equal(read_label(out / "good.png"), expected)
+
 
 def test_cli_predict_refuses_to_overwrite_inputs(tmp_path: Path, tiny: torch.nn.Module) -> None:
     folder = tmp_path / "in"

@@ -21,6 +21,19 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+def finish_file_run(written: int, skipped: int, failed: list[tuple[str, str]], out: object,
+                    failed_word: str = "failed", extra: str = "") -> None:
+    """Report a per-file run: each failure on stderr, one summary line; exit 1 if any failed."""
+    for _, message in failed:
+        err_console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(
+        f"{written} written, {skipped} already there, {len(failed)} {failed_word}{extra} -> {out}",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    if failed:
+        raise typer.Exit(code=1)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Run a command body; a `PipsegError` becomes its message on stderr and exit code 2."""

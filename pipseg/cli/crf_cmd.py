@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipseg.cli._common import console, err_console, user_errors
+from pipseg.cli._common import err_console, finish_file_run, user_errors
 from pipseg.cli.predict_cmd import progress_bar
 
 
@@ -32,11 +32,5 @@ def crf(
             )
     for message in summary.warnings:
         err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-    for _, message in summary.failed:
-        err_console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
-    console.print(
-        f"{summary.written} written, {summary.skipped} already there, {len(summary.failed)} failed "
-        f"({summary.workers} worker{'s' if summary.workers > 1 else ''}) -> {out}", highlight=False, soft_wrap=True,
-    )  # fmt: skip
-    if summary.failed:
-        raise typer.Exit(code=1)
+    workers = f" ({summary.workers} worker{'s' if summary.workers > 1 else ''})"
+    finish_file_run(summary.written, summary.skipped, summary.failed, out, extra=workers)

@@ -20,6 +20,8 @@ def demo(
         list[str] | None, typer.Option("--set", help="Override a config key (repeatable).")
     ] = None,
     crf: Annotated[bool, typer.Option(help="Also score with DenseCRF post-processing.")] = True,
+    train_images: Annotated[int, typer.Option(min=1, help="Synthetic training images.")] = 160,
+    val_images: Annotated[int, typer.Option(min=1, help="Synthetic validation images.")] = 40,
 ) -> None:
     """Run the whole pipeline on generated data: pseudo labels, PIP training, eval, contact sheet."""
     with user_errors(), Progress(
@@ -39,7 +41,8 @@ def demo(
                            f"pixel {event['pixel']:.3f})")  # fmt: skip
 
         result = run_demo(
-            workdir, config=config, overrides=overrides, with_crf=crf,
+            workdir, config=config, overrides=overrides, with_crf=crf, n_train=train_images,
+            n_val=val_images,
             stage=lambda name: console.print(f"[cyan]>[/] {name}"), train_progress=on_train,
         )  # fmt: skip
     table = Table(title="pipseg demo: PIP on synthetic box supervision")

@@ -104,26 +104,9 @@ def _eval_checkpoint(
     config: Path, checkpoint: Path, crf: bool, overrides: list[str] | None, device: str
 ) -> tuple[dict[str, Any], list[str]]:
     from pipseg.config import load_config
-    from pipseg.crf import DenseCRF
-    from pipseg.data.dataset import SegDataset
-    from pipseg.inference import evaluate_model
-    from pipseg.models import model_from_checkpoint
-    from pipseg.models.convention import mean_rgb255
+    from pipseg.evaluate import evaluate_checkpoint
 
     cfg = load_config(config, overrides)
-    dev = resolve_device(device)
-    model, meta = model_from_checkpoint(checkpoint, dev)
-    if meta["num_classes"] != len(cfg.data.classes):
-        raise PipsegError(
-            f"{checkpoint}: the model has {meta['num_classes']} classes but data.classes in {config} "
-            f"lists {len(cfg.data.classes)}; use the config the checkpoint was trained with"
-        )
-    dataset = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False, pad_rgb=mean_rgb255(model.input_convention))
     with progress_bar(f"eval {cfg.data.val_split}") as update:
-        results = evaluate_model(
-            model, dataset, num_classes=meta["num_classes"], pad_size=cfg.eval.pad_size, device=dev,
-            crf=DenseCRF.from_config(cfg.crf) if crf else None, progress=update,
-            batch_size=cfg.eval.batch_size,
-        )  # fmt: skip
-    results["num_images"] = len(dataset)
-    return results, list(cfg.data.classes)
+        return evaluate_checkpoint(cfg, checkpoint, crf=crf, device=resolve_device(device),
+                                   progress=update, source=str(config))  # fmt: skip

@@ -24,6 +24,7 @@ def export(
 
     with user_errors():
         model, meta = model_from_checkpoint(checkpoint, "cpu")
-        info = export_model(model, meta, out, fmt=fmt, input_dtype=input_dtype, with_labels=labels, check=check)
+        info = export_model(model, meta, out, fmt=fmt, input_dtype=input_dtype, with_labels=labels, check=check,
+                            source=checkpoint)
     checked = f", max |diff| vs PyTorch {info['max_abs_diff']:.1e}" if info["max_abs_diff"] is not None else ""
     console.print(f"wrote {out} ({fmt}{checked}) and {sidecar_path(out)}", highlight=False, soft_wrap=True)

@@ -11,7 +11,7 @@ import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from pipseg.cli._common import console, err_console, user_errors
+from pipseg.cli._common import err_console, finish_file_run, user_errors
 from pipseg.errors import PipsegError
 
 CheckpointOpt = Annotated[
@@ -84,13 +84,6 @@ def predict(
             summary = predict_files(
                 model, inputs, out, classes=meta["classes"], pad_size=pad_size, device=dev,
                 batch_size=batch_size, tta=tta, crf=DenseCRF() if crf else None, overlay=overlay,
-                probs=save_probs, overwrite=overwrite, progress=update,
+                probs=save_probs, overwrite=overwrite, progress=update, checkpoint=ckpt,
             )  # fmt: skip
-    for _, message in summary.failed:
-        err_console.print(f"[yellow]skipped:[/] {message}", highlight=False, soft_wrap=True)
-    console.print(
-        f"{summary.written} written, {summary.skipped} already there, {len(summary.failed)} unreadable "
-        f"-> {out}", highlight=False, soft_wrap=True,
-    )  # fmt: skip
-    if summary.failed:
-        raise typer.Exit(code=1)
+    finish_file_run(summary.written, summary.skipped, summary.failed, out, failed_word="unreadable")

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from pipseg.config import DataConfig
 from pipseg.data.images import read_image
-from pipseg.data.labels import read_label
+from pipseg.data.labels import IGNORE_INDEX, read_label
 from pipseg.data.manifest import load_manifest, read_split, source_dirs
 from pipseg.data.transforms import TrainAugment
 from pipseg.data.voc import class_lookup, read_voc_boxes
@@ -125,6 +125,13 @@ class SegDataset(Dataset):
         image = decode_image(image_path)
         label = read_label(self.label_paths[index])
         h, w = image.shape[:2]
+        top = int(label[label != IGNORE_INDEX].max(initial=0))
+        if top >= self.num_classes:
+            raise PipsegError(
+                f"{self.label_paths[index]}: holds class {top} but the dataset has "
+                f"{self.num_classes} classes (0..{self.num_classes - 1}, 255 = ignore); "
+                "check data.classes or re-run `pipseg prepare`"
+            )
         if label.shape != (h, w):
             raise PipsegError(
                 f"{self.label_paths[index]}: label is {label.shape[1]}x{label.shape[0]} but its "

@@ -53,9 +53,11 @@ def prepare_images(images: torch.Tensor, convention: InputConvention) -> torch.T
     x = images.float()
     if convention.bgr:
         x = x.flip(1)
-    mean = torch.tensor(convention.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(convention.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x / convention.scale - mean) / std
+    # Python-scalar arithmetic per channel: no host-to-device copy of constants on every call.
+    channels = [
+        (x[:, c] / convention.scale - convention.mean[c]) / convention.std[c] for c in range(3)
+    ]
+    return torch.stack(channels, dim=1)
 
 
 def mean_rgb255(convention: InputConvention) -> tuple[float, float, float]:

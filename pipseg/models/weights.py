@@ -54,6 +54,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise PipsegError(f"{p}: not a PyTorch checkpoint file; pass a .pt/.pth checkpoint") from e
         raise PipsegError(
             f"{p}: refused to load: the file holds Python objects beyond tensors and plain containers "
             f"({_first_line(e)[:120]}); load only trusted files, re-saved as a plain state dict"
