@@ -39,6 +39,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
     "box-pixel": {"data.label_source": "box", "loss.kind": "pip", "loss.lamb": 0.0},
     "box-boxterm": {"data.label_source": "box", "loss.kind": "pip", "loss.tau": 0.0},
     "box-pip-l1": {"data.label_source": "box", "loss.kind": "pip", "loss.lamb": 1.0},
+    "box-pip-l3": {"data.label_source": "box", "loss.kind": "pip", "loss.lamb": 3.0},
     "crf-ce": {"data.label_source": "crf", "loss.kind": "ce"},
     "crf-pip": {"data.label_source": "crf", "loss.kind": "pip"},
 }
