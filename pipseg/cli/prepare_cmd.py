@@ -87,6 +87,9 @@ def prepare(
     classes: Annotated[
         Path | None, typer.Option(help="Text file of class names, one per line, background first.")
     ] = None,
+    skip_unknown: Annotated[
+        bool, typer.Option("--skip-unknown", help="Skip objects of classes not in the list (counted).")
+    ] = False,
     discover: Annotated[
         bool,
         typer.Option(help="Use SBD/WSSL/SDI found in the `pipseg download` layout when not given."),
@@ -117,7 +120,8 @@ def prepare(
             try:
                 report = prepare_dataset(
                     voc_root, out=out, pseudo=kinds, sbd_root=sbd_root, sdi=sdi, wssl=wssl,
-                    workers=workers, classes=names, progress=on_progress,
+                    workers=workers, classes=names, skip_unknown=skip_unknown,
+                    progress=on_progress,
                 )  # fmt: skip
             except PrepareError as e:
                 bar.stop()

@@ -98,7 +98,9 @@ class SegDataset(Dataset):
             )
         self.label_paths = [labels[i] for i in self.ids]
         self.lookup = class_lookup(self.classes)
-        self.skip_unknown = data_cfg.skip_unknown_classes
+        # Objects that `prepare --skip-unknown` skipped are skipped here too.
+        prepared_skip = bool(manifest.get("settings", {}).get("skip_unknown", False))
+        self.skip_unknown = data_cfg.skip_unknown_classes or prepared_skip
         self.augment = (
             TrainAugment(data_cfg.crop_size, data_cfg.scales, data_cfg.flip, pad_rgb)
             if train

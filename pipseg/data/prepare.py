@@ -469,7 +469,7 @@ def prepare_dataset(
     for name, ids in report.splits.items():
         atomic_write_text(out_dir / "splits" / f"{name}.txt", "".join(f"{i}\n" for i in ids))
     report.manifest_path = atomic_write_json(
-        out_dir / MANIFEST_NAME, _manifest(report, kinds, sbd_root, sdi, wssl, n_workers)
+        out_dir / MANIFEST_NAME, _manifest(report, kinds, sbd_root, sdi, wssl, n_workers, skip_unknown)
     )
     return report
 
@@ -488,7 +488,8 @@ def _require_coverage(report: PrepareReport) -> None:
 
 
 def _manifest(
-    report: PrepareReport, kinds: list[str], sbd_root: Any, sdi: Any, wssl: Any, workers: int
+    report: PrepareReport, kinds: list[str], sbd_root: Any, sdi: Any, wssl: Any, workers: int,
+    skip_unknown: bool = False,
 ) -> dict[str, Any]:
     notes = {"train_aug": "; ".join(n for n in report.notes if "train_aug" in n)}
     return {
@@ -503,6 +504,7 @@ def _manifest(
             "sdi": str(sdi) if sdi else None,
             "wssl": str(wssl) if wssl else None,
             "workers": workers,
+            "skip_unknown": skip_unknown,
         },
         "splits": {
             name: {
