@@ -12,16 +12,19 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from pipseg.config import CRFConfig
 from pipseg.data.images import IMAGE_EXTENSIONS, read_image
 from pipseg.data.labels import write_label
 from pipseg.errors import PipsegError
 from pipseg.io import atomic_write
 
 PROBS_KEY = "probs"  # array name inside <id>.npz files written by `pipseg predict --save-probs`
+
+
+_DEFAULTS = CRFConfig()
 
 
 @dataclass(frozen=True)
@@ -32,25 +35,19 @@ class DenseCRF:
     refined probabilities ``[C, H, W]`` float32.
     """
 
-    iters: int = 10
-    gauss_sxy: float = 3.0
-    gauss_weight: float = 3.0
-    bilateral_sxy: float = 120.0
-    bilateral_srgb: float = 5.0
-    bilateral_weight: float = 5.0
+    # The defaults live in one place, `CRFConfig` (PIP.md section 4).
+    iters: int = _DEFAULTS.iters
+    gauss_sxy: float = _DEFAULTS.gauss_sxy
+    gauss_weight: float = _DEFAULTS.gauss_weight
+    bilateral_sxy: float = _DEFAULTS.bilateral_sxy
+    bilateral_srgb: float = _DEFAULTS.bilateral_srgb
+    bilateral_weight: float = _DEFAULTS.bilateral_weight
     clip: float = 1e-5  # floor of the probabilities before -log (unary energy)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> DenseCRF:
+    def from_config(cls, cfg: CRFConfig) -> DenseCRF:
         """Build from a `pipseg.config.CRFConfig` (``cfg.crf``)."""
-        return cls(
-            iters=cfg.iters,
-            gauss_sxy=cfg.gauss_sxy,
-            gauss_weight=cfg.gauss_weight,
-            bilateral_sxy=cfg.bilateral_sxy,
-            bilateral_srgb=cfg.bilateral_srgb,
-            bilateral_weight=cfg.bilateral_weight,
-        )
+        return cls(**cfg.model_dump())
 
     def refine(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Mean-field inference: RGB uint8 ``[H, W, 3]`` + probabilities ``[C, H, W]`` -> ``[C, H, W]``."""
