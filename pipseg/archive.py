@@ -189,5 +189,10 @@ def extract_archive(
         raise PipsegError(
             f"{archive}: cannot extract ({e}); delete it and download again"
         ) from None
+    except OSError as e:
+        raise PipsegError(
+            f"{target}: extracting {archive.name} failed ({e.strerror or e}); check free space and "
+            "permissions, then run the same command again (it resumes)"
+        ) from None
     atomic_write_text(marker_path(archive, target), key + "\n")
     return True

@@ -8,7 +8,6 @@ callers pass a ``progress(bytes_done, bytes_total_or_None)`` callback.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -27,6 +26,7 @@ from pipseg.archive import ExtractProgress, extract_archive, is_extracted
 from pipseg.assets import Asset, Checksum
 from pipseg.config import default_weights_dir
 from pipseg.errors import PipsegError
+from pipseg.io import file_digest
 
 Progress = Callable[[int, int | None], None]
 """Called as ``progress(bytes_done, bytes_total)`` while a file streams in (total may be None)."""
@@ -74,15 +74,6 @@ class AssetResult:
     fetch: FetchResult | None = None
     extracted: bool = False
     note: str | None = None
-
-
-def file_digest(path: str | os.PathLike[str], algorithm: str) -> str:
-    """Hex digest of a file, read in chunks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_SIZE):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def apply_mirror(url: str, mirror: str | None) -> str:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipseg.errors import PipsegError
+from pipseg.metrics import ConfusionMatrix
 from pipseg.models.convention import InputConvention, prepare_images
 
 TTA_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)
@@ -108,6 +109,7 @@ def _predict_tta(
 ) -> torch.Tensor:
     """Mean softmax over scales 0.75/1/1.25 and horizontal flips, each resized back to the image."""
     h, w = image.shape[-2:]
+    image = image.to(device, non_blocking=True)  # resize and flip where the model runs
     total = None
     for scale in TTA_SCALES:
         if scale == 1.0:
@@ -117,7 +119,7 @@ def _predict_tta(
             scaled = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
         for flip in (False, True):
             inp = scaled.flip(-1) if flip else scaled
-            probs = _forward_padded(model, [inp.to(device)], convention, pad_size, device, amp_dtype)[0]
+            probs = _forward_padded(model, [inp], convention, pad_size, device, amp_dtype)[0]
             if flip:
                 probs = probs.flip(-1)
             if probs.shape[-2:] != (h, w):
@@ -240,7 +242,6 @@ def evaluate_model(
     matrices are summed, so every rank returns the full result. Batches from a loader with
     `collate_list` (lists of dicts) are accepted too. The model's train/eval mode is restored.
     """
-    from pipseg.metrics import ConfusionMatrix  # deferred: written in parallel by another helper
 
     net = _bare(model)
     device = torch.device(device) if device is not None else model_device(net)

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipseg.config import LossConfig
+from pipseg.data.labels import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 _BOX_DENOM_EPS = 1e-5  # the published code starts its (h + w) count at 1e-5
 
 __all__ = ["CrossEntropyLoss", "PIPLoss", "build_loss", "to_logit_grid"]

@@ -176,6 +176,8 @@ def predict_files(
     settings = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
                 "crf": crf is not None, "tta": tta, "pad_size": pad_size}  # fmt: skip
     _check_settings(out_dir, settings, overwrite)
+    # Written before any output, so an interrupted run still guards its folder.
+    atomic_write_json(out_dir / SETTINGS_NAME, settings)
     wanted = ["label"] + (["overlay"] if overlay else []) + (["probs"] if probs else [])
     inputs = {img.path.resolve() for img in images}
     summary = PredictSummary(total=len(images))
@@ -231,8 +233,6 @@ def predict_files(
                     _write_outputs(arrays[i], prob, batch[i][1], classes, crf)
                     summary.written += 1
                     advance()
-    if summary.written:
-        atomic_write_json(out_dir / SETTINGS_NAME, settings)
     return summary
 
 

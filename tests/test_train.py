@@ -224,3 +224,13 @@ def test_fp16_autocast_channels_last_on_cpu(prepared_root: Path, tmp_path: Path)
     ckpt = torch.load(result.last_checkpoint, map_location="cpu", weights_only=True)
     assert ckpt["scaler"]["scale"] > 0 and ckpt["config"]["runtime"]["amp"] == "fp16"
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_force_ignores_an_unreadable_last_checkpoint(tmp_path: Path) -> None:
+    """--force must be able to clear a run whose last.pt is not a training checkpoint."""
+    from pipseg.engine.trainer import resume_source
+
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    assert resume_source(tmp_path, None, force=True) is None
+    with pytest.raises(PipsegError):
+        resume_source(tmp_path, None, force=False)

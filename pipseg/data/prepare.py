@@ -22,10 +22,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from pipseg import __version__
-from pipseg.config import VOC_CLASSES, CRFConfig
+from pipseg.config import VOC_CLASSES, CRFConfig, DataConfig
+from pipseg.crf import default_workers, pool_context
 from pipseg.data.images import image_size
 from pipseg.data.labels import IGNORE_INDEX, read_label, write_label
 from pipseg.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, load_manifest
@@ -105,7 +105,7 @@ def _read_ids(path: Path) -> list[str]:
     return [line.split()[0] for line in lines if line.strip()]
 
 
-DEFAULT_VOC_ROOT = Path("~/data/VOCdevkit/VOC2012")
+DEFAULT_VOC_ROOT = DataConfig().root
 WSSL_DIR_NAME = "SegmentationClassBboxCRF"
 SDI_DIR_NAME = "VOC12_M&G+"
 
@@ -180,6 +180,8 @@ def _build_one(task: tuple[str, str, str, str, Any]) -> tuple[str, str | None]:
         write_label(dst, label)
     except PipsegError as e:
         return sample_id, str(e)
+    except OSError as e:
+        return sample_id, f"{dst}: cannot write ({e.strerror or e}); check free space and permissions"
     return sample_id, None
 
 
@@ -217,7 +219,10 @@ def _check_one(
         return sample_id, f"{path}: holds only 0 and 255, a binary mask, not class ids", None
     if gt_path is None:
         return sample_id, None, None
-    gt = read_label(gt_path)
+    try:
+        gt = read_label(gt_path)
+    except PipsegError:
+        return sample_id, None, None  # the GT check reports it
     if gt.shape != label.shape:
         return sample_id, None, None  # the GT check reports it
     valid = gt != IGNORE_INDEX
@@ -227,13 +232,10 @@ def _check_one(
 
 
 def miou_from_confusion(confusion: np.ndarray) -> float:
-    """mIoU of a ``[C, C]`` confusion matrix (rows = target), via `pipseg.metrics.ConfusionMatrix`:
-    the mean over classes present in target or prediction of TP / (TP + FP + FN)."""
-    from pipseg.metrics import ConfusionMatrix
+    """mIoU of a ``[C, C]`` confusion matrix (rows = target), scored like `pipseg eval`."""
+    from pipseg.evaluate import scores_from_matrix
 
-    cm = ConfusionMatrix(confusion.shape[0])
-    cm.matrix = torch.from_numpy(np.ascontiguousarray(confusion, dtype=np.int64))
-    return float(cm.compute()["miou"])
+    return float(scores_from_matrix(confusion)["miou"])
 
 
 def _run(
@@ -397,10 +399,10 @@ def prepare_dataset(
             for i in build_ids
             if not (out_dir / "pseudo" / kind / f"{i}.png").is_file()
         ]
-    n_workers = max(1, workers or os.cpu_count() or 1)
+    n_workers = max(1, workers or default_workers())
     pending = sum(len(t) for t in tasks_by_kind.values())
     pool = (
-        ProcessPoolExecutor(n_workers, initializer=_init_worker)
+        ProcessPoolExecutor(n_workers, mp_context=pool_context(), initializer=_init_worker)
         if n_workers > 1 and pending > 1
         else None
     )
@@ -460,7 +462,7 @@ def prepare_dataset(
                 source.miou["train"] = miou_from_confusion(confusion.reshape(len(classes), -1))
     finally:
         if pool is not None:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)
     if problems:
         raise PrepareError(_summary(problems, "ill-formed label maps", root), report)
     _require_coverage(report)

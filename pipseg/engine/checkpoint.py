@@ -6,8 +6,6 @@ Everything stored is a tensor, dict, list, str, int, float, bool or None, so the
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -20,15 +18,6 @@ from pipseg.io import atomic_path
 from pipseg.models import CHECKPOINT_FORMAT, load_checkpoint
 
 LAST, BEST = "last.pt", "best.pt"
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file (recorded for the weights a run started from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:

@@ -34,7 +34,6 @@ from pipseg.engine import runlog
 from pipseg.engine.checkpoint import (
     BEST,
     LAST,
-    file_sha256,
     read_training_checkpoint,
     rng_state,
     run_progress,
@@ -52,7 +51,7 @@ from pipseg.engine.distributed import (
 )
 from pipseg.errors import PipsegError
 from pipseg.inference import evaluate_model
-from pipseg.io import atomic_write_json, atomic_write_text
+from pipseg.io import atomic_write_json, atomic_write_text, file_digest
 from pipseg.losses import build_loss, to_logit_grid
 from pipseg.models import (
     CHECKPOINT_FORMAT,
@@ -136,7 +135,7 @@ def build_initialised_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
                 f"{DOWNLOAD_NAMES.get(name, name)}` (or set model.init to none or a weight file)"
             )
         init_from_imagenet(model, path)
-        return model, {"kind": "imagenet", "file": str(path), "sha256": file_sha256(path)}
+        return model, {"kind": "imagenet", "file": str(path), "sha256": file_digest(path)}
     path = Path(cfg.model.init).expanduser()
     if not path.is_file():
         raise PipsegError(f"model.init: {path}: no such file; use 'imagenet', 'none' or a weight file")
@@ -144,7 +143,7 @@ def build_initialised_model(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
         init_from_imagenet(model, path)
     else:
         load_weights(model, path)
-    return model, {"kind": "file", "file": str(path), "sha256": file_sha256(path)}
+    return model, {"kind": "file", "file": str(path), "sha256": file_digest(path)}
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.SGD:
@@ -328,8 +327,10 @@ def resume_source(out_dir: Path, resume: Path | bool | None, force: bool) -> Pat
         if not path.is_file():
             raise PipsegError(f"{path}: no checkpoint to resume from; start without --resume")
         return path
+    if force:
+        return None
     progress = run_progress(out_dir)
-    if progress is None or force:
+    if progress is None:
         return None
     done, iters = progress
     if done >= iters:
