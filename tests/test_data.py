@@ -262,7 +262,7 @@ def test_dataset_train_and_val_items(synthetic_data_cfg: DataConfig) -> None:
     torch.manual_seed(0)
     item = train[0]
     assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 64, 64)
-    assert item["label"].dtype == torch.long and item["label"].shape == (64, 64)
+    assert item["label"].dtype == torch.uint8 and item["label"].shape == (64, 64)
     assert item["boxes"].dtype == torch.long and item["boxes"].shape[1] == 5
     assert item["id"] == "syn_00000"
     val = SegDataset(synthetic_data_cfg, "val", "gt", train=False)

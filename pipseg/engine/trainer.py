@@ -285,7 +285,7 @@ def train_step(
     steps = len(micro_batches)
     for i, batch in enumerate(micro_batches):
         images = batch["image"].to(device, non_blocking=True)
-        labels = batch["label"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True).long()
         boxes = batch["boxes"].to(device, non_blocking=True)
         x = prepare_images(images, convention).contiguous(memory_format=memory_format)
         with sync_grads(model, sync=i == steps - 1):
