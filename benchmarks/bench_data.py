@@ -64,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = [root / "JPEGImages" / f"{i}.jpg" for i in ds.ids]
 
     cv2.setNumThreads(0)
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # data workers run single-threaded; restored below for run_all
 
     def decode_only() -> int:
         for p in paths:
@@ -103,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     if tmp is not None:
         tmp.cleanup()
+    torch.set_num_threads(threads)
     return 0
 
 
