@@ -1,6 +1,6 @@
 """Forward + backward time of the vectorised PIPLoss against the published per-box loop.
 
-    .venv/bin/python benchmarks/bench_loss.py [--repeats 7] [--boxes 1 4 16] [--device cpu]
+    .venv/bin/python benchmarks/bench_loss.py [--repeats 21] [--boxes 1 4 16] [--device cpu]
 
 Both losses see the same inputs in the same process (batch 30, 21 classes, 41x41 logits by
 default) and their values are checked to agree before timing. Prints a markdown table.
@@ -94,25 +94,39 @@ def make_inputs(batch: int, classes: int, size: int, boxes: int, seed: int, devi
     return logits.to(device), labels.to(device), box.to(device)
 
 
-def time_fwd_bwd(
-    loss_fn: Callable, logits, labels, boxes, repeats: int, device: str
-) -> tuple[float, float]:
-    """Median wall and CPU seconds of forward + backward over ``repeats`` runs (after one
-    warm-up run). CPU time (all threads of this process) is robust to other processes on a
-    shared machine; wall time is what a user waits. On CUDA the CPU column is meaningless."""
-    wall, cpu = [], []
-    for k in range(repeats + 1):
-        z = logits.detach().clone().requires_grad_(True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        loss_fn(z, labels, boxes).backward()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if k:
-            wall.append(time.perf_counter() - start)
-            cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+def time_once(loss_fn: Callable, logits, labels, boxes, device: str) -> tuple[float, float]:
+    """Wall and CPU seconds of one forward + backward. CPU time (all threads of this process)
+    is robust to other processes on a shared machine; wall time is what a user waits.
+    On CUDA the CPU column is meaningless."""
+    z = logits.detach().clone().requires_grad_(True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start, start_cpu = time.perf_counter(), time.process_time()
+    loss_fn(z, labels, boxes).backward()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def interleaved_medians(
+    losses: dict[str, Callable], cases: dict[int, tuple], repeats: dict[str, int], device: str
+) -> dict[tuple[str, int], tuple[float, float]]:
+    """Median (wall, CPU) seconds per (loss, boxes per image). Rounds visit every loss and
+    every case in turn, so a slow spell of a shared machine hits them all alike."""
+    times: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for loss_fn in losses.values():  # warm-up: compilation, allocator, caches
+        for case in cases.values():
+            time_once(loss_fn, *case, device)
+    for round_ in range(max(repeats.values())):
+        for name, loss_fn in losses.items():
+            if round_ >= repeats[name]:
+                continue
+            for m, case in cases.items():
+                times.setdefault((name, m), []).append(time_once(loss_fn, *case, device))
+    return {
+        key: (statistics.median(t[0] for t in runs), statistics.median(t[1] for t in runs))
+        for key, runs in times.items()
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--size", type=int, default=41)
     parser.add_argument("--boxes", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--naive-repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -133,39 +147,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    pip = PIPLoss().to(args.device)
-    naive = NaiveLoopPIP().to(args.device)
-    rows = []
-    for m in args.boxes:
-        logits, labels, boxes = make_inputs(
-            args.batch, args.classes, args.size, m, args.seed, args.device
-        )
-        a, b = pip(logits, labels, boxes), naive(logits, labels, boxes)
-        if not torch.allclose(a, b, rtol=1e-4):
-            raise AssertionError(f"PIPLoss {a.item()} != naive loop {b.item()} at {m} boxes/image")
-        t_pip = time_fwd_bwd(pip, logits, labels, boxes, args.repeats, args.device)
-        t_naive = time_fwd_bwd(naive, logits, labels, boxes, args.naive_repeats, args.device)
-        rows.append((m, t_pip, t_naive))
+    losses = {"pip": PIPLoss().to(args.device), "naive": NaiveLoopPIP().to(args.device)}
+    if args.device == "cpu":  # the device-agnostic search, for comparison with the compiled one
+        losses["dense"] = PIPLoss(box_search="dense")
+    cases = {
+        m: make_inputs(args.batch, args.classes, args.size, m, args.seed, args.device)
+        for m in args.boxes
+    }
+    for m, case in cases.items():
+        values = {name: loss_fn(*case) for name, loss_fn in losses.items()}
+        for name, value in values.items():
+            if not torch.allclose(value, values["naive"], rtol=1e-4):
+                raise AssertionError(
+                    f"{name} {value.item()} != naive loop {values['naive'].item()} at {m} boxes"
+                )
+    repeats = {name: args.repeats for name in losses} | {"naive": args.naive_repeats}
+    medians = interleaved_medians(losses, cases, repeats, args.device)
 
-    (_, (base_wall, base_cpu), _) = rows[0]
+    first = args.boxes[0]
     print(
         f"PIPLoss forward+backward, batch {args.batch}, {args.classes} classes, "
         f"{args.size}x{args.size}, device {args.device}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; median of {args.repeats} (PIPLoss) / "
-        f"{args.naive_repeats} (loop) runs; wall / CPU-time milliseconds"
+        f"{args.naive_repeats} (loop) interleaved runs; wall / CPU-time milliseconds"
     )
     print()
     print(
         "| boxes/image | PIPLoss wall | loop wall | speedup wall | PIPLoss CPU | loop CPU "
-        f"| speedup CPU | PIPLoss vs {rows[0][0]} box (wall / CPU) |"
+        f"| speedup CPU | PIPLoss vs {first} box (wall / CPU) |"
+        + (" dense search wall (vs its 1 box) |" if "dense" in losses else "")
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for m, (pip_wall, pip_cpu), (loop_wall, loop_cpu) in rows:
-        print(
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if "dense" in losses else ""))
+    for m in args.boxes:
+        (pip_wall, pip_cpu), (loop_wall, loop_cpu) = medians["pip", m], medians["naive", m]
+        base_wall, base_cpu = medians["pip", first]
+        row = (
             f"| {m} | {pip_wall * 1e3:.1f} | {loop_wall * 1e3:.0f} | {loop_wall / pip_wall:.0f}x "
             f"| {pip_cpu * 1e3:.1f} | {loop_cpu * 1e3:.0f} | {loop_cpu / pip_cpu:.0f}x "
             f"| {pip_wall / base_wall:.2f}x / {pip_cpu / base_cpu:.2f}x |"
         )
+        if "dense" in losses:
+            dense_wall = medians["dense", m][0]
+            row += f" {dense_wall * 1e3:.1f} ({dense_wall / medians['dense', first][0]:.2f}x) |"
+        print(row)
     return 0
 
 

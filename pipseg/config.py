@@ -93,6 +93,8 @@ class LossConfig(_Section):
     radius: Annotated[int, Field(ge=0)] = 5
     sigma: PositiveFloat = 2.0
     eps: Annotated[float, Field(gt=0, lt=0.5)] = 1e-6
+    # Box-line extremes: "auto" = compiled (Numba) on CPU, PyTorch on GPU; "dense" = PyTorch always.
+    box_search: Literal["auto", "dense"] = "auto"
 
 
 class OptimConfig(_Section):

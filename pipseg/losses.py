@@ -8,16 +8,25 @@ Both take ``(logits [B,C,H,W], labels [B,H,W], boxes [B,M,5])`` on the logit gri
 from __future__ import annotations
 
 import contextlib
-import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipseg.box_search import (
+    BoxExtremes,
+    compiled_box_extremes,
+    compiled_search_available,
+    dense_box_extremes,
+)
 from pipseg.config import LossConfig
 from pipseg.data.labels import IGNORE_INDEX
 
 _BOX_DENOM_EPS = 1e-5  # the published code starts its (h + w) count at 1e-5
+# How PIPLoss finds the box lines' extremes: "auto" (the compiled search for CPU tensors when
+# Numba is installed, else the dense one) or "dense" (PyTorch, any device; see box_search.py).
+_BOX_SEARCHES = ("auto", "dense")
 
 __all__ = ["CrossEntropyLoss", "PIPLoss", "build_loss", "to_logit_grid"]
 
@@ -113,30 +122,99 @@ def _check_shapes(logits: Tensor, labels: Tensor, boxes: Tensor | None) -> None:
         raise ValueError(f"boxes must be [B,M,5] with B={b}, got {tuple(boxes.shape)}")
 
 
-class _PickLogSoftmax(torch.autograd.Function):
-    """``log_softmax(logits, 1)[b].flatten()[index[b, k]]`` with a sparse backward.
+class _BoxGeometry(NamedTuple):
+    """The boxes of a batch as masks on the logit grid (boxes with no area are all-False)."""
 
-    Autograd would run a dense scatter, a dense add per branch and ``log_softmax``'s backward;
-    here the gradient is written in one pass: ``dL/dz = G - softmax(z) * sum_c G`` where ``G``
-    (the gradient w.r.t. the log-probabilities) is non-zero only at the picked entries.
-    ``log_probs`` must be ``log_softmax(logits, 1)`` (computed once by the caller, no graph).
+    cls: Tensor  # [B, M] class per box (padding: < 0)
+    row_in: Tensor  # [B, M, H] rows y0..y1 of each box
+    col_in: Tensor  # [B, M, W] columns x0..x1
+    row_inner: Tensor  # [B, M, H] rows y0+1..y1-1
+    col_inner: Tensor  # [B, M, W] columns x0+1..x1-1
+    lines: Tensor  # 0-dim: sum over the boxes of (h_b + w_b)
+
+    @classmethod
+    def from_boxes(cls, boxes: Tensor, height: int, width: int) -> _BoxGeometry:
+        x0, y0, x1, y1, box_cls = boxes.unbind(-1)
+        valid = (box_cls >= 0) & (x1 >= x0) & (y1 >= y0)
+        # A box that is padding or has no area starts past the grid: its masks come out empty.
+        x0, y0 = x0.masked_fill(~valid, width), y0.masked_fill(~valid, height)
+        ys = torch.arange(height, device=boxes.device)
+        xs = torch.arange(width, device=boxes.device)
+        y0, y1, x0, x1 = y0[..., None], y1[..., None], x0[..., None], x1[..., None]
+        row_in, col_in = (ys >= y0) & (ys <= y1), (xs >= x0) & (xs <= x1)
+        return cls(
+            cls=box_cls,
+            row_in=row_in,
+            col_in=col_in,
+            row_inner=(ys > y0) & (ys < y1),
+            col_inner=(xs > x0) & (xs < x1),
+            lines=row_in.sum() + col_in.sum(),
+        )
+
+
+class _PIPTerms(torch.autograd.Function):
+    """``(lamb * L_box + L_pix, L_box, L_pix)`` from the logits, with a hand-written backward.
+
+    Both terms are sums of per-entry functions of ``log P``: the pixel term reads one entry per
+    pixel (its label), the box term four per box line (the arg-extremes). The forward pass
+    records ``G = dterm / dlog P`` at those entries; the backward pass is then one dense pass,
+    ``dL/dz = G - softmax(z) * sum_c G``, instead of autograd's graph of small ops and
+    ``log_softmax``'s backward. Not differentiable twice.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, log_probs: Tensor, index: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(log_probs, index)
-        return log_probs.reshape(index.shape[0], -1).gather(1, index)
+    def forward(  # type: ignore[override]
+        ctx, logits: Tensor, labels: Tensor, boxes: Tensor, crit: PIPLoss
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        b, c, h, w = logits.shape
+        # Contiguous (channels-last logits too): every index below is a flat NCHW index.
+        log_probs = logits.log_softmax(dim=1).contiguous()  # autograd is off inside forward
+        geometry = _BoxGeometry.from_boxes(boxes, h, w)
+
+        keep = labels != IGNORE_INDEX
+        safe_labels = labels.masked_fill(~keep, 0)[:, None]  # [B, 1, H, W]
+        label_log_p = log_probs.gather(1, safe_labels)
+        # dL_pix / dlog P[label]: L_pix is the mean of -g * log P[label] over all B*H*W pixels.
+        pixel_grad = (crit._pixel_weights(geometry).to(logits.dtype) * keep)[:, None]
+        pixel_grad.div_(-(b * h * w))
+        pixel = (pixel_grad * label_log_p).sum()
+
+        extremes = crit._box_extremes(log_probs, boxes, geometry)
+        probs = log_probs.view(-1)[extremes.index].exp()  # [2, K]: each line's max, then min
+        kept = probs.clamp(crit.eps, 1 - crit.eps)
+        top, bottom = kept
+        line_loss = -(crit.alpha * top.log() + (1 - crit.alpha) * torch.log1p(-bottom))
+        denom = geometry.lines.to(logits.dtype) + _BOX_DENOM_EPS
+        # d/dlog P of -alpha log(P) is -alpha; of -(1 - alpha) log(1 - P) it is
+        # (1 - alpha) P / (1 - P); both vanish where the clamp is active (as torch.clamp's).
+        box_grad = (probs == kept) * torch.stack(
+            [torch.full_like(top, -crit.alpha), (1 - crit.alpha) * bottom / (1 - bottom)]
+        )
+        box_grad.div_(denom)
+        if extremes.keep is not None:  # lines outside a box hold finite junk: masked
+            line_loss = line_loss * extremes.keep
+            box_grad = box_grad * extremes.keep
+        # line_loss >= 0, so an empty sum stays +0.0 and a batch without boxes logs box=0.
+        box = line_loss.sum() / denom
+        ctx.save_for_backward(log_probs, safe_labels, pixel_grad, *extremes[:2], box_grad)
+        ctx.lamb = crit.lamb
+        return crit.lamb * box + pixel, box, pixel
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        log_probs, index = ctx.saved_tensors
+    def backward(  # type: ignore[override]
+        ctx, grad_loss: Tensor, grad_box: Tensor, grad_pixel: Tensor
+    ) -> tuple[Tensor, None, None, None]:
+        log_probs, safe_labels, pixel_grad, box_index, box_pixel, box_grad = ctx.saved_tensors
         b, _, h, w = log_probs.shape
-        grad = grad.contiguous()
-        per_pixel = log_probs.new_zeros(b, h * w).scatter_add_(1, index % (h * w), grad)
+        pixel_grad = pixel_grad * (grad_loss + grad_pixel)  # [B, 1, H, W]
+        box_grad = (box_grad * (grad_loss * ctx.lamb + grad_box)).view(-1)
+        # sum_c G per pixel: the label entry, plus every box extreme that falls on the pixel.
+        per_pixel = pixel_grad.flatten().index_add(0, box_pixel.view(-1), box_grad)  # new tensor
         grad_logits = log_probs.exp().mul_(per_pixel.neg_().view(b, 1, h, w))
-        grad_logits.view(b, -1).scatter_add_(1, index, grad)
-        return grad_logits, None, None
+        grad_logits.scatter_add_(1, safe_labels, pixel_grad)
+        grad_logits.view(-1).index_add_(0, box_index.view(-1), box_grad)
+        return grad_logits, None, None, None
 
 
 class PIPLoss(nn.Module):
@@ -146,7 +224,13 @@ class PIPLoss(nn.Module):
     (see :func:`to_logit_grid`). Rows with ``cls < 0`` are padding; rows with ``x1 < x0`` or
     ``y1 < y0`` have no area and are skipped too (the published code skips ``h * w == 0``).
     Probabilities are clamped to ``[eps, 1 - eps]`` before the logs of the box term
-    (PIP.md section 6). The forward pass makes no host sync.
+    (PIP.md section 6). The backward pass is hand-written (one dense pass over the logits) and
+    cannot be differentiated again.
+
+    ``box_search`` picks how each box line's extremes are found (:mod:`pipseg.box_search`):
+    ``"auto"`` uses the compiled search on CPU tensors when Numba is installed (its cost grows
+    with the boxes' area; host-side by nature, which costs nothing on CPU) and the dense
+    PyTorch search elsewhere, which makes no host sync; ``"dense"`` always uses the latter.
     """
 
     kernel: Tensor
@@ -159,14 +243,20 @@ class PIPLoss(nn.Module):
         radius: int = 5,
         sigma: float = 2.0,
         eps: float = 1e-6,
+        box_search: str = "auto",
     ) -> None:
         super().__init__()
+        if box_search not in _BOX_SEARCHES:
+            raise ValueError(
+                f"PIPLoss: box_search must be one of {_BOX_SEARCHES}, got {box_search!r}"
+            )
         if radius < 0 or sigma <= 0 or not 0 < eps < 0.5:
             raise ValueError(
                 f"PIPLoss: need radius >= 0, sigma > 0, 0 < eps < 0.5; got {radius}, {sigma}, {eps}"
             )
         self.lamb, self.alpha, self.tau = float(lamb), float(alpha), float(tau)
         self.radius, self.sigma, self.eps = int(radius), float(sigma), float(eps)
+        self.box_search = box_search
         # Float64 buffer: the geometry weights are built in float64 (see _pixel_weights).
         self.register_buffer("kernel", _gaussian_1d(self.radius, self.sigma), persistent=False)
         self._blur_cache: dict[tuple[int, torch.device], Tensor] = {}
@@ -174,7 +264,7 @@ class PIPLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"lamb={self.lamb}, alpha={self.alpha}, tau={self.tau}, radius={self.radius}, "
-            f"sigma={self.sigma}, eps={self.eps}"
+            f"sigma={self.sigma}, eps={self.eps}, box_search={self.box_search!r}"
         )
 
     def forward(self, logits: Tensor, labels: Tensor, boxes: Tensor) -> Tensor:
@@ -182,7 +272,8 @@ class PIPLoss(nn.Module):
         return self.forward_parts(logits, labels, boxes)["loss"]
 
     def forward_parts(self, logits: Tensor, labels: Tensor, boxes: Tensor) -> dict[str, Tensor]:
-        """``dict(loss=lamb * box + pixel, box=L_box, pixel=L_pix)``, all 0-dim tensors.
+        """``dict(loss=lamb * box + pixel, box=L_box, pixel=L_pix)``, all 0-dim tensors
+        (each can be backpropagated).
 
         Args:
             logits: ``[B, C, H, W]`` float (half precision is computed in float32).
@@ -192,86 +283,19 @@ class PIPLoss(nn.Module):
         _check_shapes(logits, labels, boxes)
         with _no_autocast(logits.device):
             logits = logits.to(_compute_dtype(logits))
-            b, _, h, w = logits.shape
-            device = logits.device
-            boxes = boxes.to(device=device, dtype=torch.long)
-            labels = labels.to(device=device, dtype=torch.long)
-            x0, y0, x1, y1, cls = boxes.unbind(-1)  # each [B, M]
-            valid = (cls >= 0) & (x1 >= x0) & (y1 >= y0)
-            ys, xs = torch.arange(h, device=device), torch.arange(w, device=device)
-            row_in = (ys >= y0[..., None]) & (ys <= y1[..., None]) & valid[..., None]  # [B,M,H]
-            col_in = (xs >= x0[..., None]) & (xs <= x1[..., None]) & valid[..., None]  # [B,M,W]
+            labels = labels.to(device=logits.device, dtype=torch.long)
+            boxes = boxes.to(device=logits.device, dtype=torch.long)
+            loss, box, pixel = _PIPTerms.apply(logits, labels, boxes, self)
+            return {"loss": loss, "box": box, "pixel": pixel}
 
-            with torch.no_grad():
-                log_probs = logits.log_softmax(dim=1)
-            extremes = self._box_extremes(log_probs, cls, row_in, col_in)  # [B, M, 2W + 2H]
-            ignore = labels == IGNORE_INDEX
-            label_index = torch.where(ignore, 0, labels) * (h * w) + torch.arange(
-                h * w, device=device
-            ).view(h, w)
-            # One gather of log P serves the cross-entropy and the box term.
-            index = torch.cat([label_index.view(b, -1), extremes.view(b, -1)], dim=1)
-            picked = _PickLogSoftmax.apply(logits, log_probs, index)
-            label_log_p = picked[:, : h * w].view(b, h, w)
-            col_max, col_min, row_max, row_min = (
-                picked[:, h * w :].view(extremes.shape).exp().split([w, w, h, h], dim=-1)
-            )
-
-            box_sum = self._neg_log_terms(col_max, col_min, col_in)
-            box_sum = box_sum + self._neg_log_terms(row_max, row_min, row_in)
-            sizes = torch.where(valid, (x1 - x0 + 1) + (y1 - y0 + 1), 0).sum()
-            box = box_sum / (_BOX_DENOM_EPS + sizes.to(logits.dtype))
-
-            weights = self._pixel_weights(boxes, valid, row_in, col_in).to(logits.dtype)
-            pixel = (weights * torch.where(ignore, 0.0, -label_log_p)).mean()
-            return {"loss": self.lamb * box + pixel, "box": box, "pixel": pixel}
-
-    @staticmethod
-    @torch.no_grad()
-    def _box_extremes(log_probs: Tensor, cls: Tensor, row_in: Tensor, col_in: Tensor) -> Tensor:
-        """Flat indices into ``log_probs[b]`` of each box's column max, column min, row max and
-        row min of ``P[b, cls]`` (``[B, M, 2W + 2H]``; entries for lines outside a box are
-        arbitrary and masked later).
-
-        Found without autograd on one ``[B, M, H, W]`` tensor; the values are then gathered
-        with autograd, so the backward pass costs ``O(M * (H + W))`` per image, not
-        ``O(M * H * W)``. log P is monotone in P, so its arg-extremes are those of P.
-        """
-        b, _, h, w = log_probs.shape
-        device = log_probs.device
-        cls = cls.clamp(min=0)
-        region = log_probs[torch.arange(b, device=device)[:, None], cls]  # [B, M, H, W]
-        # -inf outside each box, so maxima come from inside (log P is finite for finite logits).
-        region.add_(torch.where(row_in, 0.0, -math.inf).to(region.dtype)[..., :, None])
-        region.add_(torch.where(col_in, 0.0, -math.inf).to(region.dtype)[..., None, :])
-        # max(dim).indices: far faster than argmax on CPU (torch 2.x).
-        col_argmax = region.max(dim=2).indices  # [B, M, W]; lines outside a box: arbitrary
-        row_argmax = region.max(dim=3).indices  # [B, M, H]
-        # Minima as maxima of -log P, with the outside (now +inf) set back to -inf.
-        region.neg_().nan_to_num_(posinf=-math.inf)
-        col_argmin = region.max(dim=2).indices
-        row_argmin = region.max(dim=3).indices
-        base = cls[..., None] * (h * w)
-        col_base = base + torch.arange(w, device=device)
-        row_base = base + torch.arange(h, device=device) * w
-        return torch.cat(
-            [
-                col_base + col_argmax * w,
-                col_base + col_argmin * w,
-                row_base + row_argmax,
-                row_base + row_argmin,
-            ],
-            dim=-1,
-        )
-
-    def _neg_log_terms(self, top: Tensor, bottom: Tensor, keep: Tensor) -> Tensor:
-        """``-sum [alpha log(max) + (1 - alpha) log(1 - min)]`` over the lines in ``keep``."""
-        top = top.clamp(self.eps, 1 - self.eps)
-        bottom = bottom.clamp(self.eps, 1 - self.eps)
-        t = self.alpha * torch.log(top) + (1 - self.alpha) * torch.log1p(-bottom)
-        # where, not multiply: lines outside a box hold values that must not count.
-        # (Summing -t keeps an empty sum +0.0, so a batch without boxes logs box=0, not -0.)
-        return torch.where(keep, -t, 0.0).sum()
+    def _box_extremes(
+        self, log_probs: Tensor, boxes: Tensor, geometry: _BoxGeometry
+    ) -> BoxExtremes:
+        """Each box line's arg-max and arg-min of ``P[b, cls]`` (see :mod:`pipseg.box_search`)."""
+        on_cpu = log_probs.device.type == "cpu"
+        if self.box_search == "auto" and on_cpu and compiled_search_available():
+            return compiled_box_extremes(log_probs, boxes)
+        return dense_box_extremes(log_probs, geometry.cls, geometry.row_in, geometry.col_in)
 
     def _blur(self, size: int, device: torch.device) -> Tensor:
         """The float64 blur matrix for one axis length, cached (it only depends on the size)."""
@@ -281,30 +305,22 @@ class PIPLoss(nn.Module):
             self._blur_cache[key] = _blur_matrix(kernel, size)
         return self._blur_cache[key]
 
-    @torch.no_grad()
-    def _pixel_weights(
-        self, boxes: Tensor, valid: Tensor, row_in: Tensor, col_in: Tensor
-    ) -> Tensor:
-        """``g(p)`` of PIP.md 2.2 as ``[B, H, W]``: constants of the boxes only (no gradient).
+    def _pixel_weights(self, geometry: _BoxGeometry) -> Tensor:
+        """``g(p)`` of PIP.md 2.2 as float64 ``[B, H, W]``: constants of the boxes only.
 
-        Computed in float64: the counts are exact, and no TF32/autocast can blur the Gaussian.
+        Float64: the counts are exact, and no TF32/autocast can blur the Gaussian.
         """
-        x0, y0, x1, y1, _ = boxes.unbind(-1)
-        height, width = row_in.shape[-1], col_in.shape[-1]
-        ys = torch.arange(height, device=boxes.device)
-        xs = torch.arange(width, device=boxes.device)
-        row_inner = (ys > y0[..., None]) & (ys < y1[..., None]) & valid[..., None]
-        col_inner = (xs > x0[..., None]) & (xs < x1[..., None]) & valid[..., None]
+        height, width = geometry.row_in.shape[-1], geometry.col_in.shape[-1]
+        device = geometry.row_in.device
         f64 = torch.float64
         # Counting boxes per pixel = sum over boxes of (row mask outer col mask): a batched matmul.
-        inside = torch.einsum("bmh,bmw->bhw", row_in.to(f64), col_in.to(f64))
-        interior = torch.einsum("bmh,bmw->bhw", row_inner.to(f64), col_inner.to(f64))
-        cover = inside + 1.0
+        inside = geometry.row_in.to(f64).transpose(1, 2) @ geometry.col_in.to(f64)
+        interior = geometry.row_inner.to(f64).transpose(1, 2) @ geometry.col_inner.to(f64)
         outline = inside - interior
-        near = self._blur(height, boxes.device) @ outline @ self._blur(width, boxes.device).T + 1.0
-        s = cover * near
-        gamma = (torch.sigmoid(s / s.amax()) - 0.5) * self.tau + 1.0
-        return gamma / gamma.sum(dim=(1, 2), keepdim=True) * (height * width)
+        near = self._blur(height, device) @ outline @ self._blur(width, device).T + 1.0
+        s = (inside + 1.0).mul_(near)
+        gamma = torch.sigmoid(s.div_(s.amax())).mul_(self.tau).add_(1.0 - 0.5 * self.tau)
+        return gamma.mul_((height * width) / gamma.sum(dim=(1, 2), keepdim=True))
 
 
 class CrossEntropyLoss(nn.Module):
@@ -344,5 +360,6 @@ def build_loss(loss_cfg: LossConfig) -> nn.Module:
             radius=loss_cfg.radius,
             sigma=loss_cfg.sigma,
             eps=loss_cfg.eps,
+            box_search=loss_cfg.box_search,
         )
     raise ValueError(f"loss.kind: unknown loss {loss_cfg.kind!r}; use 'pip' or 'ce'")

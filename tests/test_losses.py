@@ -13,8 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipseg.box_search import (
+    compiled_box_extremes,
+    compiled_search_available,
+    dense_box_extremes,
+)
 from pipseg.config import LossConfig
-from pipseg.losses import CrossEntropyLoss, PIPLoss, build_loss, to_logit_grid
+from pipseg.losses import CrossEntropyLoss, PIPLoss, _BoxGeometry, build_loss, to_logit_grid
 
 DEFAULTS = dict(lamb=0.2, alpha=0.5, tau=5.0, radius=5, sigma=2.0, eps=1e-6)
 
@@ -146,19 +151,21 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------- value tests
+@pytest.mark.parametrize("box_search", ["auto", "dense"])
 @pytest.mark.parametrize("seed", range(40))
-def test_matches_naive_value_and_gradient(seed: int) -> None:
+def test_matches_naive_value_and_gradient(seed: int, box_search: str) -> None:
     logits, labels, boxes, params = random_case(seed)
     z1 = logits.clone().requires_grad_(True)
     z2 = logits.clone().requires_grad_(True)
-    parts = PIPLoss(**params).forward_parts(z1, labels, boxes)
+    parts = PIPLoss(**params, box_search=box_search).forward_parts(z1, labels, boxes)
     loss, box, pixel = naive_pip(z2, labels, boxes, **params)
     assert parts["loss"].dtype == torch.float64
     assert_close(parts["box"], box)
     assert_close(parts["pixel"], pixel)
     assert_close(parts["loss"], loss)
-    parts["loss"].backward()
-    loss.backward()
+    # Every output carries its own gradient (the backward is hand-written for all three).
+    (parts["loss"] + 0.3 * parts["box"] - 0.7 * parts["pixel"]).backward()
+    (loss + 0.3 * box - 0.7 * pixel).backward()
     assert_close(z1.grad, z2.grad)
 
 
@@ -298,12 +305,90 @@ def test_forward_has_no_data_dependent_host_sync() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu() -> None:
+@pytest.mark.parametrize("box_search", ["auto", "dense"])
+def test_cuda_matches_cpu(box_search: str) -> None:
     logits, labels, boxes, params = random_case(11)
+    loss_fn = PIPLoss(**params, box_search=box_search)
+    z_cpu = logits.clone().requires_grad_(True)
+    z_gpu = logits.cuda().requires_grad_(True)
+    cpu = loss_fn(z_cpu, labels, boxes)
+    gpu = loss_fn.cuda()(z_gpu, labels.cuda(), boxes.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu.detach(), rtol=1e-6, atol=1e-12)
+    cpu.backward()
+    gpu.backward()
+    torch.testing.assert_close(z_gpu.grad.cpu(), z_cpu.grad, rtol=1e-6, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- box search
+def naive_line_extremes(log_probs: np.ndarray, boxes: np.ndarray) -> list[tuple[float, float]]:
+    """(max, min) of log P along every row, then every column, of every box, in box order."""
+    out = []
+    for b in range(boxes.shape[0]):
+        for x0, y0, x1, y1, c in boxes[b]:
+            if c < 0 or x1 < x0 or y1 < y0:
+                continue
+            region = log_probs[b, c, y0 : y1 + 1, x0 : x1 + 1]
+            out += [(row.max(), row.min()) for row in region]
+            out += [(col.max(), col.min()) for col in region.T]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_both_box_searches_find_the_true_extremes(seed: int) -> None:
+    logits, labels, boxes, _ = random_case(seed)
+    log_probs = logits.float().log_softmax(1)  # float32, as in training
+    b, c, h, w = log_probs.shape
+    expected = naive_line_extremes(log_probs.numpy(), boxes.numpy())
+    geometry = _BoxGeometry.from_boxes(boxes, h, w)
+    found = {
+        "compiled": compiled_box_extremes(log_probs, boxes),
+        "dense": dense_box_extremes(log_probs, geometry.cls, geometry.row_in, geometry.col_in),
+    }
+    flat = log_probs.view(-1)
+    for name, extremes in found.items():
+        index, pixel = extremes.index, extremes.pixel
+        if extremes.keep is not None:  # dense: one slot per box column/row, masked
+            index, pixel = index[:, extremes.keep], pixel[:, extremes.keep]
+        # index and pixel name the same (image, y, x)
+        assert torch.equal(index // (c * h * w), pixel // (h * w)), name
+        assert torch.equal(index % (h * w), pixel % (h * w)), name
+        got = sorted(zip(flat[index[0]].tolist(), flat[index[1]].tolist(), strict=True))
+        assert got == sorted((float(hi), float(lo)) for hi, lo in expected), name
+    assert found["compiled"].keep is None
+
+
+def test_auto_search_is_compiled_on_cpu() -> None:
+    """Numba is a declared dependency, so the fast CPU search is the one that runs here."""
+    assert compiled_search_available()
+    logits, labels, boxes, _ = random_case(1)
+    geometry = _BoxGeometry.from_boxes(boxes, *logits.shape[-2:])
+    log_probs = logits.log_softmax(1)
+    assert PIPLoss()._box_extremes(log_probs, boxes, geometry).keep is None
+    assert PIPLoss(box_search="dense")._box_extremes(log_probs, boxes, geometry).keep is not None
+    with pytest.raises(ValueError, match="box_search"):
+        PIPLoss(box_search="fast")
+
+
+def test_channels_last_logits_give_the_same_loss_and_gradient() -> None:
+    logits, labels, boxes, params = random_case(4)
+    z1 = logits.clone().requires_grad_(True)
+    z2 = logits.contiguous(memory_format=torch.channels_last).requires_grad_(True)
     loss_fn = PIPLoss(**params)
-    cpu = loss_fn(logits, labels, boxes)
-    gpu = loss_fn.cuda()(logits.cuda(), labels.cuda(), boxes.cuda())
-    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-6, atol=1e-12)
+    a, b = loss_fn(z1, labels, boxes), loss_fn(z2, labels, boxes)
+    assert_close(b, a)
+    a.backward()
+    b.backward()
+    assert_close(z2.grad, z1.grad)
+
+
+def test_backward_twice_with_retain_graph() -> None:
+    logits, labels, boxes, params = random_case(2)
+    z = logits.clone().requires_grad_(True)
+    loss = PIPLoss(**params)(z, labels, boxes)
+    loss.backward(retain_graph=True)
+    first = z.grad.clone()
+    loss.backward()
+    assert_close(z.grad, 2 * first)
 
 
 def test_bad_shapes_raise() -> None:
@@ -351,6 +436,8 @@ def test_build_loss() -> None:
         1e-5,
     )
     assert loss.kernel.numel() == 7
+    assert loss.box_search == "auto"
+    assert build_loss(LossConfig(kind="pip", box_search="dense")).box_search == "dense"
 
 
 # --------------------------------------------------------------------------- to_logit_grid

@@ -1,0 +1,189 @@
+"""Where each box line's maximum and minimum of ``P[b, cls]`` lie (the search behind ``L_box``).
+
+For every box and every column (row) crossing it, the PIP box term needs the arg-max and
+arg-min of the class probability along that column (row) inside the box (PIP.md 2.1).
+Two implementations give the same entries:
+
+- :func:`dense_box_extremes`: PyTorch on any device, no host sync. It works on a
+  ``[B, H, W, M]`` map per box, so its cost grows with ``M * H * W``.
+- :func:`compiled_box_extremes`: a Numba loop for CPU tensors that reads each box's pixels once,
+  so its cost grows with the boxes' area. It is several times faster on CPU from a few boxes
+  per image on.
+
+``log P`` is monotone in ``P``: both search ``log_softmax`` values and return flat indices
+into it. Ties may resolve to different entries; the values there are equal.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "BoxExtremes",
+    "compiled_box_extremes",
+    "compiled_search_available",
+    "dense_box_extremes",
+]
+
+
+class BoxExtremes(NamedTuple):
+    """The arg-extremes of every box line, ``K`` lines in all."""
+
+    index: Tensor  # long [2, K]: flat indices into log_probs [B, C, H, W]; row 0 max, row 1 min
+    pixel: Tensor  # long [2, K]: the same entries as flat indices into the [B, H, W] pixels
+    keep: Tensor | None  # bool [K]: which lines cross a box (None: all of them do)
+
+
+def dense_box_extremes(
+    log_probs: Tensor, cls: Tensor, row_in: Tensor, col_in: Tensor
+) -> BoxExtremes:
+    """Search every column and row of every box slot, ``K = B * M * (W + H)`` lines.
+
+    Args:
+        log_probs: ``[B, C, H, W]`` log-probabilities.
+        cls: long ``[B, M]`` class of each box (padding may hold anything).
+        row_in: bool ``[B, M, H]`` rows of each box (all False for padding).
+        col_in: bool ``[B, M, W]`` columns of each box.
+
+    The search is ``max_pool2d`` over whole columns and rows of a map that is -inf outside
+    each box, laid out channels-last with the boxes innermost: that kernel vectorises over
+    the boxes and is several times faster on CPU than ``max(dim)`` with indices.
+    Lines outside a box get an arbitrary in-range entry; ``keep`` masks them.
+    """
+    b, c, h, w = log_probs.shape
+    cls = cls.clamp(min=0)
+    m = cls.shape[1]
+    keep = torch.cat([col_in, row_in], dim=-1)  # [B, M, W + H]: columns, then rows
+    if m == 0:  # max_pool2d refuses zero channels
+        empty = torch.zeros(2, 0, dtype=torch.long, device=log_probs.device)
+        return BoxExtremes(empty, empty, keep.view(-1))
+    # [B, H, W, M]: each box's class plane, boxes innermost.
+    region = log_probs.permute(0, 2, 3, 1).gather(3, cls[:, None, None, :].expand(b, h, w, m))
+    # Contiguous [B, H, 1, M] and [B, 1, W, M]: 0 in a box's rows (columns), -inf outside.
+    outside = torch.zeros((), dtype=region.dtype, device=region.device)
+    row_mask = outside.masked_fill(~row_in.transpose(1, 2).contiguous(), -math.inf)[:, :, None]
+    col_mask = outside.masked_fill(~col_in.transpose(1, 2).contiguous(), -math.inf)[:, None]
+    # In place where possible: every fresh [B, H, W, M] buffer costs page faults on CPU.
+    lows = torch.sub(row_mask, region).add_(col_mask).permute(0, 3, 1, 2)  # -log P inside
+    highs = region.add_(row_mask).add_(col_mask).permute(0, 3, 1, 2)  # log P inside
+
+    def arg_max_lines(values: Tensor) -> Tensor:
+        """Plane index of the maximum of every column, then of every row: ``[B, M, W + H]``."""
+        columns = F.max_pool2d(values, (h, 1), return_indices=True)[1].view(b, m, w)
+        rows = F.max_pool2d(values, (1, w), return_indices=True)[1].view(b, m, h)
+        return torch.cat([columns, rows], dim=-1)
+
+    plane = torch.stack([arg_max_lines(highs), arg_max_lines(lows)])  # [2, B, M, W + H]
+    images = torch.arange(b, device=cls.device)[:, None, None]
+    index = plane + ((images * c + cls[..., None]) * (h * w))
+    pixel = plane + images * (h * w)
+    return BoxExtremes(index.view(2, -1), pixel.view(2, -1), keep.view(-1))
+
+
+@functools.cache
+def compiled_search_available() -> bool:
+    """True when Numba can be imported (the compiled CPU search needs it)."""
+    try:
+        _compiled_kernel()
+    except ImportError:
+        return False
+    return True
+
+
+def compiled_box_extremes(log_probs: Tensor, boxes: Tensor) -> BoxExtremes:
+    """Search only the lines that cross a box, ``K = sum of (h_b + w_b)``, on CPU tensors.
+
+    Args:
+        log_probs: CPU ``[B, C, H, W]`` float32 or float64 log-probabilities.
+        boxes: CPU long ``[B, M, 5]`` inclusive ``(x0, y0, x1, y1, cls)`` on the grid; rows
+            with ``cls < 0`` or no area are skipped.
+
+    Raises:
+        ImportError: Numba is not installed (use :func:`dense_box_extremes`).
+    """
+    kernel = _compiled_kernel()
+    lp = log_probs.detach().contiguous().numpy()
+    index, pixel = kernel(lp, boxes.contiguous().numpy())
+    return BoxExtremes(torch.from_numpy(index), torch.from_numpy(pixel), None)
+
+
+@functools.cache
+def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The CPU search, compiled by Numba on its first call in a process (per dtype)."""
+    import numba  # imported here: it takes a moment and only the CPU loss needs it
+
+    # No cache=True: compiling takes about a second, and a disk cache shared by parallel
+    # processes (test workers, torchrun ranks) can race.
+    @numba.njit(nogil=True, boundscheck=False)
+    def search(lp: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nb, nc, h, w = lp.shape
+        nm = boxes.shape[1]
+        total = 0
+        for b in range(nb):
+            for k in range(nm):
+                x0, y0, x1, y1, cls = boxes[b, k]
+                if cls >= 0 and x1 >= x0 and y1 >= y0:
+                    total += (x1 - x0 + 1) + (y1 - y0 + 1)
+        index = np.empty((2, total), np.int64)
+        pixel = np.empty((2, total), np.int64)
+        line = 0
+        for b in range(nb):
+            for k in range(nm):
+                x0, y0, x1, y1, cls = boxes[b, k]
+                if cls < 0 or x1 < x0 or y1 < y0:
+                    continue
+                plane = lp[b, cls]
+                # pixel (b, y, x) of class plane cls sits at (b * C + cls) * H * W + y * W + x
+                shift = (b * (nc - 1) + cls) * h * w
+                for y in range(y0, y1 + 1):
+                    row = plane[y]
+                    hi = row[x0]
+                    lo = hi
+                    arg_hi = x0
+                    arg_lo = x0
+                    for x in range(x0 + 1, x1 + 1):
+                        v = row[x]
+                        if v > hi:
+                            hi = v
+                            arg_hi = x
+                        if v < lo:
+                            lo = v
+                            arg_lo = x
+                    first = (b * h + y) * w
+                    pixel[0, line] = first + arg_hi
+                    pixel[1, line] = first + arg_lo
+                    index[0, line] = first + arg_hi + shift
+                    index[1, line] = first + arg_lo + shift
+                    line += 1
+                # Columns in a pass of their own: running extremes in registers beat updating
+                # per-column arrays inside the row pass (the plane is small enough for L1).
+                for x in range(x0, x1 + 1):
+                    hi = plane[y0, x]
+                    lo = hi
+                    arg_hi = y0
+                    arg_lo = y0
+                    for y in range(y0 + 1, y1 + 1):
+                        v = plane[y, x]
+                        if v > hi:
+                            hi = v
+                            arg_hi = y
+                        if v < lo:
+                            lo = v
+                            arg_lo = y
+                    first = b * h * w + x
+                    pixel[0, line] = first + arg_hi * w
+                    pixel[1, line] = first + arg_lo * w
+                    index[0, line] = first + arg_hi * w + shift
+                    index[1, line] = first + arg_lo * w + shift
+                    line += 1
+        return index, pixel
+
+    return search
