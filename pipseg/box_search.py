@@ -37,7 +37,8 @@ __all__ = [
 class BoxExtremes(NamedTuple):
     """The arg-extremes of every box line, ``K`` lines in all."""
 
-    index: Tensor  # long [2, K]: flat indices into log_probs [B, C, H, W]; row 0 max, row 1 min
+    log_p: Tensor  # [2, K]: log P at the line's maximum (row 0) and minimum (row 1)
+    index: Tensor  # long [2, K]: where, as flat indices into log_probs [B, C, H, W]
     pixel: Tensor  # long [2, K]: the same entries as flat indices into the [B, H, W] pixels
     keep: Tensor | None  # bool [K]: which lines cross a box (None: all of them do)
 
@@ -56,7 +57,8 @@ def dense_box_extremes(
     The search is ``max_pool2d`` over whole columns and rows of a map that is -inf outside
     each box, laid out channels-last with the boxes innermost: that kernel vectorises over
     the boxes and is several times faster on CPU than ``max(dim)`` with indices.
-    Lines outside a box get an arbitrary in-range entry; ``keep`` masks them.
+    Lines outside a box get an arbitrary in-range entry and an infinite ``log_p``; ``keep``
+    masks them.
     """
     b, c, h, w = log_probs.shape
     cls = cls.clamp(min=0)
@@ -64,7 +66,7 @@ def dense_box_extremes(
     keep = torch.cat([col_in, row_in], dim=-1)  # [B, M, W + H]: columns, then rows
     if m == 0:  # max_pool2d refuses zero channels
         empty = torch.zeros(2, 0, dtype=torch.long, device=log_probs.device)
-        return BoxExtremes(empty, empty, keep.view(-1))
+        return BoxExtremes(log_probs.new_zeros(2, 0), empty, empty, keep.view(-1))
     # [B, H, W, M]: each box's class plane, boxes innermost.
     region = log_probs.permute(0, 2, 3, 1).gather(3, cls[:, None, None, :].expand(b, h, w, m))
     # Contiguous [B, H, 1, M] and [B, 1, W, M]: 0 in a box's rows (columns), -inf outside.
@@ -75,20 +77,24 @@ def dense_box_extremes(
     lows = torch.sub(row_mask, region).add_(col_mask).permute(0, 3, 1, 2)  # -log P inside
     highs = region.add_(row_mask).add_(col_mask).permute(0, 3, 1, 2)  # log P inside
 
-    def arg_max_lines(values: Tensor) -> Tensor:
-        """Plane index of the maximum of every column, then of every row: ``[B, M, W + H]``."""
-        columns = F.max_pool2d(values, (h, 1), return_indices=True)[1].view(b, m, w)
-        rows = F.max_pool2d(values, (1, w), return_indices=True)[1].view(b, m, h)
-        return torch.cat([columns, rows], dim=-1)
+    def max_lines(values: Tensor) -> tuple[Tensor, Tensor]:
+        """Maximum of every column, then of every row, and its plane index: ``[B, M, W + H]``."""
+        columns, column_at = F.max_pool2d(values, (h, 1), return_indices=True)
+        rows, row_at = F.max_pool2d(values, (1, w), return_indices=True)
+        return (
+            torch.cat([columns.view(b, m, w), rows.view(b, m, h)], dim=-1),
+            torch.cat([column_at.view(b, m, w), row_at.view(b, m, h)], dim=-1),
+        )
 
-    plane = torch.stack([arg_max_lines(highs), arg_max_lines(lows)])  # [2, B, M, W + H]
+    (top, top_at), (neg_bottom, bottom_at) = max_lines(highs), max_lines(lows)
+    plane = torch.stack([top_at, bottom_at])  # [2, B, M, W + H]
     images = torch.arange(b, device=cls.device)[:, None, None]
     index = plane + ((images * c + cls[..., None]) * (h * w))
     pixel = plane + images * (h * w)
-    return BoxExtremes(index.view(2, -1), pixel.view(2, -1), keep.view(-1))
+    log_p = torch.stack([top, neg_bottom.neg_()])
+    return BoxExtremes(log_p.view(2, -1), index.view(2, -1), pixel.view(2, -1), keep.view(-1))
 
 
-@functools.cache
 def compiled_search_available() -> bool:
     """True when Numba can be imported (the compiled CPU search needs it)."""
     try:
@@ -111,19 +117,19 @@ def compiled_box_extremes(log_probs: Tensor, boxes: Tensor) -> BoxExtremes:
     """
     kernel = _compiled_kernel()
     lp = log_probs.detach().contiguous().numpy()
-    index, pixel = kernel(lp, boxes.contiguous().numpy())
-    return BoxExtremes(torch.from_numpy(index), torch.from_numpy(pixel), None)
+    log_p, index, pixel = kernel(lp, boxes.contiguous().numpy())
+    return BoxExtremes(*map(torch.from_numpy, (log_p, index, pixel)), None)
 
 
 @functools.cache
-def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]:
     """The CPU search, compiled by Numba on its first call in a process (per dtype)."""
     import numba  # imported here: it takes a moment and only the CPU loss needs it
 
     # No cache=True: compiling takes about a second, and a disk cache shared by parallel
     # processes (test workers, torchrun ranks) can race.
     @numba.njit(nogil=True, boundscheck=False)
-    def search(lp: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def search(lp: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         nb, nc, h, w = lp.shape
         nm = boxes.shape[1]
         total = 0
@@ -132,6 +138,7 @@ def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, n
                 x0, y0, x1, y1, cls = boxes[b, k]
                 if cls >= 0 and x1 >= x0 and y1 >= y0:
                     total += (x1 - x0 + 1) + (y1 - y0 + 1)
+        log_p = np.empty((2, total), lp.dtype)
         index = np.empty((2, total), np.int64)
         pixel = np.empty((2, total), np.int64)
         line = 0
@@ -158,6 +165,8 @@ def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, n
                             lo = v
                             arg_lo = x
                     first = (b * h + y) * w
+                    log_p[0, line] = hi
+                    log_p[1, line] = lo
                     pixel[0, line] = first + arg_hi
                     pixel[1, line] = first + arg_lo
                     index[0, line] = first + arg_hi + shift
@@ -179,11 +188,13 @@ def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, n
                             lo = v
                             arg_lo = y
                     first = b * h * w + x
+                    log_p[0, line] = hi
+                    log_p[1, line] = lo
                     pixel[0, line] = first + arg_hi * w
                     pixel[1, line] = first + arg_lo * w
                     index[0, line] = first + arg_hi * w + shift
                     index[1, line] = first + arg_lo * w + shift
                     line += 1
-        return index, pixel
+        return log_p, index, pixel
 
     return search

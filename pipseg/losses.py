@@ -180,7 +180,7 @@ class _PIPTerms(torch.autograd.Function):
         pixel = (pixel_grad * label_log_p).sum()
 
         extremes = crit._box_extremes(log_probs, boxes, geometry)
-        probs = log_probs.view(-1)[extremes.index].exp()  # [2, K]: each line's max, then min
+        probs = extremes.log_p.exp()  # [2, K]: each line's max, then min
         kept = probs.clamp(crit.eps, 1 - crit.eps)
         top, bottom = kept
         line_loss = -(crit.alpha * top.log() + (1 - crit.alpha) * torch.log1p(-bottom))
@@ -196,7 +196,9 @@ class _PIPTerms(torch.autograd.Function):
             box_grad = box_grad * extremes.keep
         # line_loss >= 0, so an empty sum stays +0.0 and a batch without boxes logs box=0.
         box = line_loss.sum() / denom
-        ctx.save_for_backward(log_probs, safe_labels, pixel_grad, *extremes[:2], box_grad)
+        ctx.save_for_backward(
+            log_probs, safe_labels, pixel_grad, extremes.index, extremes.pixel, box_grad
+        )
         ctx.lamb = crit.lamb
         return crit.lamb * box + pixel, box, pixel
 
@@ -210,10 +212,11 @@ class _PIPTerms(torch.autograd.Function):
         pixel_grad = pixel_grad * (grad_loss + grad_pixel)  # [B, 1, H, W]
         box_grad = (box_grad * (grad_loss * ctx.lamb + grad_box)).view(-1)
         # sum_c G per pixel: the label entry, plus every box extreme that falls on the pixel.
-        per_pixel = pixel_grad.flatten().index_add(0, box_pixel.view(-1), box_grad)  # new tensor
+        # (scatter_add_ rather than index_add_: about twice as fast on CPU for these sizes)
+        per_pixel = pixel_grad.flatten().clone().scatter_add_(0, box_pixel.view(-1), box_grad)
         grad_logits = log_probs.exp().mul_(per_pixel.neg_().view(b, 1, h, w))
         grad_logits.scatter_add_(1, safe_labels, pixel_grad)
-        grad_logits.view(-1).index_add_(0, box_index.view(-1), box_grad)
+        grad_logits.view(-1).scatter_add_(0, box_index.view(-1), box_grad)
         return grad_logits, None, None, None
 
 

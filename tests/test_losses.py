@@ -349,6 +349,8 @@ def test_both_box_searches_find_the_true_extremes(seed: int) -> None:
         index, pixel = extremes.index, extremes.pixel
         if extremes.keep is not None:  # dense: one slot per box column/row, masked
             index, pixel = index[:, extremes.keep], pixel[:, extremes.keep]
+        log_p = extremes.log_p if extremes.keep is None else extremes.log_p[:, extremes.keep]
+        assert torch.equal(log_p, flat[index]), name
         # index and pixel name the same (image, y, x)
         assert torch.equal(index // (c * h * w), pixel // (h * w)), name
         assert torch.equal(index % (h * w), pixel % (h * w)), name
