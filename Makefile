@@ -25,7 +25,7 @@ bench: install
 	$(BIN)/python benchmarks/run_all.py
 
 bench-accuracy: install
-	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/accuracy.py --ablations --json runs/accuracy/results.json
 
 lint: install
 	$(BIN)/ruff check pipseg tests benchmarks

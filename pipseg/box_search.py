@@ -110,10 +110,11 @@ def compiled_box_extremes(log_probs: Tensor, boxes: Tensor) -> BoxExtremes:
     Args:
         log_probs: CPU ``[B, C, H, W]`` float32 or float64 log-probabilities.
         boxes: CPU long ``[B, M, 5]`` inclusive ``(x0, y0, x1, y1, cls)`` on the grid; rows
-            with ``cls < 0`` or no area are skipped.
+            with ``cls < 0`` or no area are skipped, corners outside the grid are clipped.
 
     Raises:
         ImportError: Numba is not installed (use :func:`dense_box_extremes`).
+        ValueError: a box's class is not below ``C``.
     """
     kernel = _compiled_kernel()
     lp = log_probs.detach().contiguous().numpy()
@@ -132,20 +133,30 @@ def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, .
     def search(lp: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         nb, nc, h, w = lp.shape
         nm = boxes.shape[1]
+        # Corners outside the grid are clipped to it, as the dense search's masks do; this
+        # loop reads memory without bounds checks, so nothing outside may get through.
+        clipped = boxes.copy()
         total = 0
         for b in range(nb):
             for k in range(nm):
                 x0, y0, x1, y1, cls = boxes[b, k]
-                if cls >= 0 and x1 >= x0 and y1 >= y0:
-                    total += (x1 - x0 + 1) + (y1 - y0 + 1)
+                x0, y0 = max(x0, 0), max(y0, 0)
+                x1, y1 = min(x1, w - 1), min(y1, h - 1)
+                if cls < 0 or x1 < x0 or y1 < y0:
+                    clipped[b, k, 4] = -1
+                    continue
+                if cls >= nc:
+                    raise ValueError("a box's class is not below the number of logit channels")
+                clipped[b, k, :4] = (x0, y0, x1, y1)
+                total += (x1 - x0 + 1) + (y1 - y0 + 1)
         log_p = np.empty((2, total), lp.dtype)
         index = np.empty((2, total), np.int64)
         pixel = np.empty((2, total), np.int64)
         line = 0
         for b in range(nb):
             for k in range(nm):
-                x0, y0, x1, y1, cls = boxes[b, k]
-                if cls < 0 or x1 < x0 or y1 < y0:
+                x0, y0, x1, y1, cls = clipped[b, k]
+                if cls < 0:
                     continue
                 plane = lp[b, cls]
                 # pixel (b, y, x) of class plane cls sits at (b * C + cls) * H * W + y * W + x

@@ -136,6 +136,8 @@ class _BoxGeometry(NamedTuple):
     def from_boxes(cls, boxes: Tensor, height: int, width: int) -> _BoxGeometry:
         x0, y0, x1, y1, box_cls = boxes.unbind(-1)
         valid = (box_cls >= 0) & (x1 >= x0) & (y1 >= y0)
+        # Boxes are meant to lie on the grid; one that misses it wholly counts as no box.
+        valid &= (x0 < width) & (x1 >= 0) & (y0 < height) & (y1 >= 0)
         # A box that is padding or has no area starts past the grid: its masks come out empty.
         x0, y0 = x0.masked_fill(~valid, width), y0.masked_fill(~valid, height)
         ys = torch.arange(height, device=boxes.device)

@@ -359,6 +359,24 @@ def test_both_box_searches_find_the_true_extremes(seed: int) -> None:
     assert found["compiled"].keep is None
 
 
+def test_box_searches_clip_boxes_that_leave_the_grid() -> None:
+    torch.manual_seed(12)
+    log_probs = torch.randn(2, 4, 6, 7).log_softmax(1)
+    inside = torch.tensor([[[0, 2, 6, 5, 1], [3, 0, 3, 0, 2]], [[0, 0, 6, 5, 3], [1, 1, 2, 2, 1]]])
+    outside = torch.tensor(
+        [[[-3, 2, 9, 8, 1], [3, -5, 3, 0, 2]], [[-1, -1, 60, 50, 3], [1, 1, 2, 2, 1]]]
+    )
+    gone = torch.tensor([[[7, 0, 9, 3, 1]], [[0, 6, 3, 8, 2]]])  # wholly off the grid
+    for search in (PIPLoss(), PIPLoss(box_search="dense")):
+        a = search._box_extremes(log_probs, inside, _BoxGeometry.from_boxes(inside, 6, 7))
+        b = search._box_extremes(log_probs, outside, _BoxGeometry.from_boxes(outside, 6, 7))
+        assert torch.equal(a.index, b.index) and torch.equal(a.log_p, b.log_p)
+        none = search._box_extremes(log_probs, gone, _BoxGeometry.from_boxes(gone, 6, 7))
+        assert none.index.shape[1] == 0 or not none.keep.any()
+    with pytest.raises(ValueError, match="class"):
+        compiled_box_extremes(log_probs, torch.tensor([[[0, 0, 1, 1, 4]], [[0, 0, 1, 1, 1]]]))
+
+
 def test_auto_search_is_compiled_on_cpu() -> None:
     """Numba is a declared dependency, so the fast CPU search is the one that runs here."""
     assert compiled_search_available()
