@@ -11,7 +11,8 @@ Two implementations give the same entries:
   per image on.
 
 ``log P`` is monotone in ``P``: both search ``log_softmax`` values and return flat indices
-into it. Ties may resolve to different entries; the values there are equal.
+into it. A tie resolves to one entry of the line (the first, in both), which then takes the
+whole gradient, as ``torch.max(dim)`` does; any tied entry is a valid subgradient.
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ def dense_box_extremes(
         return BoxExtremes(log_probs.new_zeros(2, 0), empty, empty, keep.view(-1))
     # [B, H, W, M]: each box's class plane, boxes innermost.
     region = log_probs.permute(0, 2, 3, 1).gather(3, cls[:, None, None, :].expand(b, h, w, m))
+    # log P is -inf where a logit is; the most negative finite value instead keeps -inf - -inf
+    # out of the sums below (P = 0 there either way).
+    region.clamp_(min=torch.finfo(region.dtype).min)
     # Contiguous [B, H, 1, M] and [B, 1, W, M]: 0 in a box's rows (columns), -inf outside.
     outside = torch.zeros((), dtype=region.dtype, device=region.device)
     row_mask = outside.masked_fill(~row_in.transpose(1, 2).contiguous(), -math.inf)[:, :, None]
     col_mask = outside.masked_fill(~col_in.transpose(1, 2).contiguous(), -math.inf)[:, None]
-    # In place where possible: every fresh [B, H, W, M] buffer costs page faults on CPU.
+    # Adding masks beats masked_fill several times on CPU; in place where possible, as every
+    # fresh [B, H, W, M] buffer costs page faults there.
     lows = torch.sub(row_mask, region).add_(col_mask).permute(0, 3, 1, 2)  # -log P inside
     highs = region.add_(row_mask).add_(col_mask).permute(0, 3, 1, 2)  # log P inside
 
@@ -116,6 +121,14 @@ def compiled_box_extremes(log_probs: Tensor, boxes: Tensor) -> BoxExtremes:
         ImportError: Numba is not installed (use :func:`dense_box_extremes`).
         ValueError: a box's class is not below ``C``.
     """
+    # The loop reads without bounds checks: the shapes must agree before it runs.
+    if log_probs.dim() != 4 or boxes.dim() != 3 or boxes.shape[::2] != (log_probs.shape[0], 5):
+        raise ValueError(
+            f"compiled_box_extremes: need log_probs [B,C,H,W] and boxes [B,M,5], got "
+            f"{tuple(log_probs.shape)} and {tuple(boxes.shape)}"
+        )
+    if log_probs.device.type != "cpu" or boxes.device.type != "cpu":
+        raise ValueError("compiled_box_extremes: needs CPU tensors (use dense_box_extremes)")
     kernel = _compiled_kernel()
     lp = log_probs.detach().contiguous().numpy()
     log_p, index, pixel = kernel(lp, boxes.contiguous().numpy())

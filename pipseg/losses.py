@@ -113,13 +113,22 @@ def _compute_dtype(logits: Tensor) -> torch.dtype:
 
 
 def _check_shapes(logits: Tensor, labels: Tensor, boxes: Tensor | None) -> None:
-    if logits.dim() != 4:
-        raise ValueError(f"logits must be [B,C,H,W], got {tuple(logits.shape)}")
+    if logits.dim() != 4 or logits.numel() == 0:
+        raise ValueError(f"logits must be a non-empty [B,C,H,W], got {tuple(logits.shape)}")
     b, _, h, w = logits.shape
     if tuple(labels.shape) != (b, h, w):
         raise ValueError(f"labels must be [B,H,W]={(b, h, w)}, got {tuple(labels.shape)}")
     if boxes is not None and (boxes.dim() != 3 or boxes.shape[0] != b or boxes.shape[2] != 5):
         raise ValueError(f"boxes must be [B,M,5] with B={b}, got {tuple(boxes.shape)}")
+
+
+def _check_box_classes(boxes: Tensor, num_classes: int) -> None:
+    # On CPU only, where reading the tensor is free; on a GPU the class gather asserts instead.
+    if boxes.device.type == "cpu" and boxes.numel() and int(boxes[..., 4].max()) >= num_classes:
+        raise ValueError(
+            f"boxes: class {int(boxes[..., 4].max())} is not below the number of logit "
+            f"channels ({num_classes})"
+        )
 
 
 class _BoxGeometry(NamedTuple):
@@ -135,9 +144,11 @@ class _BoxGeometry(NamedTuple):
     @classmethod
     def from_boxes(cls, boxes: Tensor, height: int, width: int) -> _BoxGeometry:
         x0, y0, x1, y1, box_cls = boxes.unbind(-1)
+        # Boxes are meant to lie on the grid (to_logit_grid clips them): a corner outside is
+        # clipped, as the compiled search does, and a box with no area left counts as no box.
+        x0, y0 = x0.clamp(min=0), y0.clamp(min=0)
+        x1, y1 = x1.clamp(max=width - 1), y1.clamp(max=height - 1)
         valid = (box_cls >= 0) & (x1 >= x0) & (y1 >= y0)
-        # Boxes are meant to lie on the grid; one that misses it wholly counts as no box.
-        valid &= (x0 < width) & (x1 >= 0) & (y0 < height) & (y1 >= 0)
         # A box that is padding or has no area starts past the grid: its masks come out empty.
         x0, y0 = x0.masked_fill(~valid, width), y0.masked_fill(~valid, height)
         ys = torch.arange(height, device=boxes.device)
@@ -175,7 +186,8 @@ class _PIPTerms(torch.autograd.Function):
 
         keep = labels != IGNORE_INDEX
         safe_labels = labels.masked_fill(~keep, 0)[:, None]  # [B, 1, H, W]
-        label_log_p = log_probs.gather(1, safe_labels)
+        # (masked: an ignored pixel may have log P = -inf at class 0, and 0 * -inf is NaN)
+        label_log_p = log_probs.gather(1, safe_labels).masked_fill_(~keep[:, None], 0.0)
         # dL_pix / dlog P[label]: L_pix is the mean of -g * log P[label] over all B*H*W pixels.
         pixel_grad = (crit._pixel_weights(geometry).to(logits.dtype) * keep)[:, None]
         pixel_grad.div_(-(b * h * w))
@@ -210,22 +222,15 @@ class _PIPTerms(torch.autograd.Function):
         ctx, grad_loss: Tensor, grad_box: Tensor, grad_pixel: Tensor
     ) -> tuple[Tensor, None, None, None]:
         log_probs, safe_labels, pixel_grad, box_index, box_pixel, box_grad = ctx.saved_tensors
-        b, c, h, w = log_probs.shape
-        plane = h * w
+        b, _, h, w = log_probs.shape
         pixel_grad = pixel_grad * (grad_loss + grad_pixel)  # [B, 1, H, W]
         box_grad = (box_grad * (grad_loss * ctx.lamb + grad_box)).view(-1)
         # sum_c G per pixel: the label entry, plus every box extreme that falls on the pixel.
         # (scatter_add_ rather than index_add_: about twice as fast on CPU for these sizes)
         per_pixel = pixel_grad.flatten().clone().scatter_add_(0, box_pixel.view(-1), box_grad)
         grad_logits = log_probs.exp().mul_(per_pixel.neg_().view(b, 1, h, w))
-        # Flat 1-D scatters: those have deterministic CUDA kernels.
-        device = log_probs.device
-        pixels = torch.arange(plane, device=device).view(h, w)
-        images = torch.arange(b, device=device)[:, None, None, None]
-        label_index = (images * c + safe_labels) * plane + pixels  # [B, 1, H, W]
-        flat_grad = grad_logits.view(-1)
-        flat_grad.scatter_add_(0, label_index.view(-1), pixel_grad.view(-1))
-        flat_grad.scatter_add_(0, box_index.view(-1), box_grad)
+        grad_logits.scatter_add_(1, safe_labels, pixel_grad)
+        grad_logits.view(-1).scatter_add_(0, box_index.view(-1), box_grad)
         return grad_logits, None, None, None
 
 
@@ -297,6 +302,7 @@ class PIPLoss(nn.Module):
             logits = logits.to(_compute_dtype(logits))
             labels = labels.to(device=logits.device, dtype=torch.long)
             boxes = boxes.to(device=logits.device, dtype=torch.long)
+            _check_box_classes(boxes, logits.shape[1])
             loss, box, pixel = _PIPTerms.apply(logits, labels, boxes, self)
             return {"loss": loss, "box": box, "pixel": pixel}
 

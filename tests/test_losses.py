@@ -359,22 +359,71 @@ def test_both_box_searches_find_the_true_extremes(seed: int) -> None:
     assert found["compiled"].keep is None
 
 
-def test_box_searches_clip_boxes_that_leave_the_grid() -> None:
+@pytest.mark.parametrize("box_search", ["auto", "dense"])
+def test_boxes_that_leave_the_grid_count_as_clipped(box_search: str) -> None:
     torch.manual_seed(12)
-    log_probs = torch.randn(2, 4, 6, 7).log_softmax(1)
+    logits = torch.randn(2, 4, 6, 7, dtype=torch.float64)
+    labels = torch.randint(0, 4, (2, 6, 7))
     inside = torch.tensor([[[0, 2, 6, 5, 1], [3, 0, 3, 0, 2]], [[0, 0, 6, 5, 3], [1, 1, 2, 2, 1]]])
     outside = torch.tensor(
         [[[-3, 2, 9, 8, 1], [3, -5, 3, 0, 2]], [[-1, -1, 60, 50, 3], [1, 1, 2, 2, 1]]]
     )
-    gone = torch.tensor([[[7, 0, 9, 3, 1]], [[0, 6, 3, 8, 2]]])  # wholly off the grid
-    for search in (PIPLoss(), PIPLoss(box_search="dense")):
-        a = search._box_extremes(log_probs, inside, _BoxGeometry.from_boxes(inside, 6, 7))
-        b = search._box_extremes(log_probs, outside, _BoxGeometry.from_boxes(outside, 6, 7))
-        assert torch.equal(a.index, b.index) and torch.equal(a.log_p, b.log_p)
-        none = search._box_extremes(log_probs, gone, _BoxGeometry.from_boxes(gone, 6, 7))
-        assert none.index.shape[1] == 0 or not none.keep.any()
+    loss_fn = PIPLoss(box_search=box_search)
+    a = loss_fn.forward_parts(logits, labels, inside)
+    b = loss_fn.forward_parts(logits, labels, outside)
+    assert_close(b["box"], a["box"])
+    assert_close(b["pixel"], a["pixel"])
+    # A box wholly off the grid is no box.
+    gone = torch.tensor([[[7, 0, 9, 3, 1]], [[0, 6, 3, 8, 2]]])
+    none = torch.full((2, 1, 5), -1)
+    c = loss_fn.forward_parts(logits, labels, gone)
+    d = loss_fn.forward_parts(logits, labels, none)
+    assert c["box"].item() == 0.0
+    assert_close(c["pixel"], d["pixel"])
+
+
+@pytest.mark.parametrize("box_search", ["auto", "dense"])
+def test_ties_give_equal_values_and_a_valid_subgradient(box_search: str) -> None:
+    """Constant logits: every entry of every line ties. The value matches the oracle, and the
+    gradient of each line goes to one of its tied entries, so the totals per image agree."""
+    logits = torch.zeros(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.zeros(1, 3, 3, dtype=torch.long)
+    boxes = torch.tensor([[[0, 0, 2, 2, 1]]])
+    params = {**DEFAULTS, "alpha": 0.3}
+    box = PIPLoss(**params, box_search=box_search).forward_parts(logits, labels, boxes)["box"]
+    _, expected, _ = naive_pip(logits.detach(), labels, boxes, **params)
+    assert_close(box, expected)
+    box.backward()
+    # Any subgradient of a sum of line maxima has the same total per class plane.
+    z = logits.detach().clone().requires_grad_(True)
+    naive_pip(z, labels, boxes, **params)[1].backward()
+    assert_close(logits.grad.sum(dim=(2, 3)), z.grad.sum(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("box_search", ["auto", "dense"])
+def test_minus_inf_logits_stay_finite(box_search: str) -> None:
+    logits = torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+    logits[0, 1, 0, 1] = -math.inf  # P(class 1) = 0 there: inside the box below
+    logits[0, 0, 1, 1] = -math.inf  # and P(class 0) = 0 at an ignored pixel labelled 0
+    labels = torch.tensor([[[0, 0], [1, 255]]])
+    boxes = torch.tensor([[[0, 0, 1, 0, 1]]])
+    parts = PIPLoss(box_search=box_search).forward_parts(logits, labels, boxes)
+    assert all(math.isfinite(v.item()) for v in parts.values())
+
+
+def test_box_classes_must_exist_in_the_logits() -> None:
+    logits, labels = torch.randn(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long)
+    for box_search in ("auto", "dense"):
+        with pytest.raises(ValueError, match="class 3"):
+            PIPLoss(box_search=box_search)(logits, labels, torch.tensor([[[0, 0, 1, 1, 3]]]))
+    log_probs = logits.log_softmax(1)
     with pytest.raises(ValueError, match="class"):
-        compiled_box_extremes(log_probs, torch.tensor([[[0, 0, 1, 1, 4]], [[0, 0, 1, 1, 1]]]))
+        compiled_box_extremes(log_probs, torch.tensor([[[0, 0, 1, 1, 3]]]))
+    with pytest.raises(ValueError, match=r"\[B,M,5\]"):  # batch sizes disagree
+        compiled_box_extremes(torch.randn(4, 3, 4, 4), torch.tensor([[[0, 0, 1, 1, 1]]]))
+    with pytest.raises(ValueError, match="non-empty"):
+        PIPLoss()(torch.randn(0, 3, 4, 4), torch.zeros(0, 4, 4, dtype=torch.long),
+                  torch.zeros(0, 0, 5, dtype=torch.long))  # fmt: skip
 
 
 def test_auto_search_is_compiled_on_cpu() -> None:
