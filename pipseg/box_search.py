@@ -100,8 +100,9 @@ def dense_box_extremes(
     return BoxExtremes(log_p.view(2, -1), index.view(2, -1), pixel.view(2, -1), keep.view(-1))
 
 
+@functools.cache
 def compiled_search_available() -> bool:
-    """True when Numba can be imported (the compiled CPU search needs it)."""
+    """True when Numba can be imported (the compiled CPU search needs it); asked once."""
     try:
         _compiled_kernel()
     except ImportError:
