@@ -10,13 +10,30 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["ConfusionMatrix"]
+__all__ = ["ConfusionMatrix", "confusion_counts", "scores_from_matrix"]
 
 
 def _as_tensor(x: Any) -> Tensor:
     if isinstance(x, Tensor):
         return x
     return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def confusion_counts(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = 255
+) -> np.ndarray:
+    """Confusion counts ``[C, C]`` int64 (row = target) of one numpy pair, skipping ``ignore_index``
+    targets. The caller checks that every counted id lies in ``[0, C)``."""
+    valid = target != ignore_index
+    index = target[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
+    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def scores_from_matrix(matrix: np.ndarray | Tensor) -> dict[str, Any]:
+    """The figures of `ConfusionMatrix.compute` for a ``[C, C]`` count matrix."""
+    cm = ConfusionMatrix(matrix.shape[0])
+    cm.matrix = torch.as_tensor(np.asarray(matrix), dtype=torch.int64)
+    return cm.compute()
 
 
 class ConfusionMatrix:
