@@ -25,7 +25,7 @@ class _Collect(HTMLParser):
 
 def test_report_contents(tmp_path):
     names = ["background", "cat", "dog"]
-    matrix = np.array([[90, 5, 5], [10, 30, 0], [0, 0, 0]])
+    matrix = np.array([[90, 10, 0], [10, 30, 0], [0, 0, 0]])
     scores = scores_from_matrix(matrix)
     images = [ImageResult("b", 0.7, "images/b.jpg"), ImageResult("a", 0.2, "images/a.jpg"),
               ImageResult("c", math.nan, "images/c.jpg")]  # fmt: skip
@@ -36,4 +36,4 @@ def test_report_contents(tmp_path):
     assert parser.images == [IOU_PNG, CONFUSION_PNG, "images/a.jpg", "images/b.jpg"]  # worst first
     assert "dog" in parser.cells and "n/a" in parser.cells  # absent class named, its IoU n/a
     cat_row = parser.cells.index("cat")
-    assert parser.cells[cat_row + 1] == f"{100 * 30 / 45:.2f}"
+    assert parser.cells[cat_row + 1] == f"{100 * 30 / 50:.2f}"
