@@ -119,7 +119,7 @@ def test_typo_suggests_the_command() -> None:
 
 def test_shared_options_are_declared_once() -> None:
     sources = {p.name: p.read_text() for p in CLI_DIR.glob("*.py") if p.name != "prepare_cmd.py"}
-    for flag in ('"--set"', '"--device"', '"--checkpoint"'):
+    for flag in ('"--set"', '"--device"', '"--checkpoint"', '"--workers"'):
         homes = [name for name, text in sources.items() if flag in text]
         assert homes == ["_common.py"], (flag, homes)
 

@@ -81,12 +81,12 @@ class LazyGroup(PlainGroup):
         # What `pipseg --help` lists and typo suggestions draw on; never run.
         self.commands = {name: PlainCommand(name, help=e.summary) for name, e in COMMANDS.items()}
 
-    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
         if self._listing or cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
         return COMMANDS[cmd_name].load(cmd_name)
 
-    def format_help(self, ctx: Any, formatter: Any) -> None:
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
         self._listing = True
         try:
             super().format_help(ctx, formatter)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, get_args
 
+import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 _TYPE_NAMES = {int: "INTEGER", float: "FLOAT", str: "TEXT", bool: "BOOLEAN", Path: "PATH"}
@@ -29,7 +30,7 @@ def plain_type(param: TyperArgument | TyperOption) -> str:
 
 
 class _PlainOption(TyperOption):
-    def display_type_rich(self, ctx: Any) -> str | None:
+    def display_type_rich(self, ctx: typer.Context) -> str | None:
         if self.metavar is not None:
             return self.metavar
         return None if self.is_flag else plain_type(self)
@@ -43,7 +44,7 @@ class _PlainArgument(TyperArgument):
     def display_name_raw(self) -> str:
         return self.metavar if self.metavar is not None else (self.name or "").upper()
 
-    def display_type_rich(self, ctx: Any) -> str | None:
+    def display_type_rich(self, ctx: typer.Context) -> str | None:
         return plain_type(self)
 
     def _get_number_range_help_str(self) -> str | None:
@@ -52,6 +53,8 @@ class _PlainArgument(TyperArgument):
 
 def _plain(params: list[Any]) -> list[Any]:
     for param in params:
+        if not hasattr(param, "type_descriptor"):
+            continue  # a typer that still writes click's plain names
         if type(param) is TyperOption:
             param.__class__ = _PlainOption  # same fields, only the help display differs
         elif type(param) is TyperArgument:
@@ -62,12 +65,12 @@ def _plain(params: list[Any]) -> list[Any]:
 class PlainCommand(TyperCommand):
     """A typer command whose help shows plain value names."""
 
-    def get_params(self, ctx: Any) -> list[Any]:
+    def get_params(self, ctx: typer.Context) -> list[Any]:
         return _plain(super().get_params(ctx))
 
 
 class PlainGroup(TyperGroup):
     """A typer group whose help shows plain value names (its commands need `PlainCommand`)."""
 
-    def get_params(self, ctx: Any) -> list[Any]:
+    def get_params(self, ctx: typer.Context) -> list[Any]:
         return _plain(super().get_params(ctx))

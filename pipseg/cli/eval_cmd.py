@@ -12,6 +12,7 @@ from pipseg.cli._common import (
     CheckpointOpt,
     DeviceOpt,
     SetOpt,
+    WorkersOpt,
     console,
     progress_bar,
     require_checkpoint,
@@ -65,7 +66,7 @@ def eval_(
     classes: Annotated[Path | None, typer.Option("--classes", help="Folder mode: class names, one per line, background first")] = None,
     num_classes: Annotated[int | None, typer.Option("--num-classes", min=2, help="Folder mode: number of classes (default: as many as --classes names, else 21)", show_default=False)] = None,
     crop_padded: Annotated[bool, typer.Option("--crop-padded", help="Folder mode: crop predictions padded bottom/right")] = False,
-    workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="Folder mode: reader processes (default: all cores)")] = None,
+    workers: WorkersOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the scores to this JSON file")] = None,
 ) -> None:
     """Score predictions: CONFIG --checkpoint CKPT [--crf], or --pred DIR --gt DIR."""
