@@ -18,12 +18,19 @@ from urllib.parse import urlsplit
 import pytest
 from typer.testing import CliRunner
 
-from pipseg import assets
-from pipseg.archive import extract_archive, marker_path
-from pipseg.assets import ASSETS, Checksum
 from pipseg.cli import app
 from pipseg.config import default_weights_dir
-from pipseg.download import ChecksumError, apply_mirror, download_asset, fetch
+from pipseg.download import (
+    ASSETS,
+    Checksum,
+    ChecksumError,
+    apply_mirror,
+    catalogue,
+    download_asset,
+    extract_archive,
+    fetch,
+    marker_path,
+)
 from pipseg.errors import PipsegError
 
 runner = CliRunner()
@@ -188,7 +195,7 @@ def fake_catalogue(server, monkeypatch):
     ):
         asset = ASSETS[name]
         server.state.files[urlsplit(asset.urls[0]).path] = data
-        monkeypatch.setitem(assets.ASSETS, name, replace(asset, checksum=checksum, size=len(data)))
+        monkeypatch.setitem(catalogue.ASSETS, name, replace(asset, checksum=checksum, size=len(data)))
     return {"voc2012": voc, "sbd": sbd, "vgg16": vgg}
 
 
@@ -232,7 +239,7 @@ def test_all_fetches_everything_and_explains_manual_assets(
 ):
     vgg = ASSETS["vgg16"]  # serve the stand-in weights for resnet101 too
     monkeypatch.setitem(
-        assets.ASSETS,
+        catalogue.ASSETS,
         "resnet101",
         replace(ASSETS["resnet101"], urls=vgg.urls, checksum=vgg.checksum),
     )

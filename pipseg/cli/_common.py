@@ -1,9 +1,15 @@
-"""Shared CLI plumbing: consoles, and turning library errors into one line and exit code 2."""
+"""What every command shares: the consoles, the options several commands take, one-line errors.
+
+Kept light (typer and rich only) because ``pipseg --version`` and ``--help`` import it; commands
+import torch and the rest of the library inside their functions.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,12 +19,64 @@ from pipseg.errors import PipsegError
 console = Console()
 err_console = Console(stderr=True)
 
+ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. configs/sdi.yaml")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set optim.lr=0.0005 (repeatable)."),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", "-c", envvar="PIPSEG_CHECKPOINT", show_envvar=True,
+                 help="Checkpoint from `pipseg train`, or the authors' DeepLab-LargeFOV .pth."),
+]  # fmt: skip
+WorkersOpt = Annotated[
+    int | None, typer.Option("--workers", "-j", min=1, help="Worker processes (default: all cores).")
+]
+
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``message`` (one line per problem) to stderr and return the Exit to raise."""
     for line in str(message).splitlines() or [""]:
         err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code=code)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Run a command body; a `PipsegError` becomes its message on stderr and exit code 2."""
+    try:
+        yield
+    except PipsegError as e:
+        raise fail(str(e)) from None
+
+
+def require_checkpoint(checkpoint: Path | None) -> Path:
+    """The checkpoint path, or a one-line error saying how to give one."""
+    if checkpoint is None:
+        raise PipsegError("--checkpoint: no checkpoint given; pass --checkpoint FILE or set PIPSEG_CHECKPOINT")
+    return checkpoint
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A rich progress bar (on stderr) driven by a ``progress(done, total)`` callback."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def finish_file_run(written: int, skipped: int, failed: list[tuple[str, str]], out: object,
@@ -32,12 +90,3 @@ def finish_file_run(written: int, skipped: int, failed: list[tuple[str, str]], o
     )  # fmt: skip
     if failed:
         raise typer.Exit(code=1)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Run a command body; a `PipsegError` becomes its message on stderr and exit code 2."""
-    try:
-        yield
-    except PipsegError as e:
-        raise fail(str(e)) from None

@@ -7,18 +7,24 @@ from typing import Annotated
 
 import typer
 
-from pipseg.cli._common import err_console, finish_file_run, user_errors
-from pipseg.cli.predict_cmd import progress_bar
+from pipseg.cli._common import (
+    SetOpt,
+    WorkersOpt,
+    err_console,
+    finish_file_run,
+    progress_bar,
+    user_errors,
+)
 
 
 def crf(
     images: Annotated[Path, typer.Option("--images", help="Folder of the images (e.g. VOC2012/JPEGImages)")],
     probs: Annotated[Path, typer.Option("--probs", help="Folder of <name>.npz files from `pipseg predict --save-probs`")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of palette PNGs")] = Path("predictions_crf"),
-    workers: Annotated[int | None, typer.Option("--workers", "-j", min=1, help="Processes (default: all cores)")] = None,
+    workers: WorkersOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Redo outputs that exist (default: resume)")] = False,
     config: Annotated[Path | None, typer.Option("--config", help="Take the crf: section of this config")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override e.g. --set crf.iters=5")] = None,
+    overrides: SetOpt = None,
 ) -> None:
     """Refine saved probabilities with DenseCRF (resumable, all cores)."""
     from pipseg.config import load_config
@@ -32,5 +38,5 @@ def crf(
             )
     for message in summary.warnings:
         err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-    workers = f" ({summary.workers} worker{'s' if summary.workers > 1 else ''})"
-    finish_file_run(summary.written, summary.skipped, summary.failed, out, extra=workers)
+    used = f" ({summary.workers} worker{'s' if summary.workers > 1 else ''})"
+    finish_file_run(summary.written, summary.skipped, summary.failed, out, extra=used)

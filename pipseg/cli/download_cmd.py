@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import (
@@ -16,10 +16,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pipseg.assets import ASSETS, Asset, Checksum, resolve_assets
 from pipseg.cli._common import console, err_console, fail, user_errors
-from pipseg.config import default_weights_dir
-from pipseg.download import AssetResult, download_asset, url_asset
+
+if TYPE_CHECKING:
+    from pipseg.download import Asset, AssetResult, Checksum
 
 
 def _size(n: int | None) -> str:
@@ -33,6 +33,8 @@ def _size(n: int | None) -> str:
 
 
 def _table(dest: Path, weights_dir: Path) -> Table:
+    from pipseg.download import ASSETS
+
     table = Table(title="pipseg download: assets")
     for column in ("name", "size", "checksum", "destination", "what"):
         table.add_column(column, overflow="fold")
@@ -63,9 +65,28 @@ def _report(result: AssetResult) -> None:
 
 
 def _checksum(sha256: str | None, md5: str | None) -> Checksum | None:
+    from pipseg.download import Checksum
+
     if sha256 and md5:
         raise fail("give --sha256 or --md5, not both")
     return Checksum("sha256", sha256) if sha256 else Checksum("md5", md5) if md5 else None
+
+
+def _assets_to_fetch(
+    names: list[str] | None, url: str | None, sha256: str | None, md5: str | None, extract: bool
+) -> list[Asset]:
+    """The catalogue entries named, or the one --url asset; a usage error for a mix of both."""
+    from pipseg.download import ASSETS, resolve_assets, url_asset
+
+    if url is not None:
+        if names:
+            raise fail("give asset names or --url, not both")
+        return [url_asset(url, checksum=_checksum(sha256, md5), extract=extract)]
+    if sha256 or md5 or extract:
+        raise fail("--sha256, --md5 and --extract go with --url")
+    if not names:
+        raise fail(f"name the assets to fetch ({', '.join(ASSETS)}) or 'all'; see --list")
+    return resolve_assets(names)
 
 
 def download(
@@ -100,29 +121,23 @@ def download(
     retries: Annotated[int, typer.Option(min=0, help="Retries after a connection error.")] = 3,
 ) -> None:
     """Fetch datasets and ImageNet weights (resumable, verified)."""
+    from pipseg.config import default_weights_dir
+
     dest = dest.expanduser()
     weights = weights_dir.expanduser() if weights_dir else default_weights_dir()
     if list_:
         console.print(_table(dest, weights))
         return
     with user_errors():
-        if url is not None:
-            if names:
-                raise fail("give asset names or --url, not both")
-            assets = [url_asset(url, checksum=_checksum(sha256, md5), extract=extract)]
-        elif sha256 or md5 or extract:
-            raise fail("--sha256, --md5 and --extract go with --url")
-        elif not names:
-            raise fail(f"name the assets to fetch ({', '.join(ASSETS)}) or 'all'; see --list")
-        else:
-            assets = resolve_assets(names)
-        for asset in assets:
+        for asset in _assets_to_fetch(names, url, sha256, md5, extract):
             _report(_fetch_one(asset, dest, weights, mirror, retries))
 
 
 def _fetch_one(
     asset: Asset, dest: Path, weights: Path, mirror: str | None, retries: int
 ) -> AssetResult:
+    from pipseg.download import download_asset
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

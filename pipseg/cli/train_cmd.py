@@ -10,15 +10,8 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from pipseg.cli._common import console, fail, user_errors
-from pipseg.config import load_config
-from pipseg.engine import train as run_training
+from pipseg.cli._common import ConfigArg, SetOpt, console, fail, user_errors
 
-ConfigArg = Annotated[Path, typer.Argument(help="YAML config, e.g. configs/sdi.yaml")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a key, e.g. --set optim.lr=0.0005 (repeatable)"),
-]
 # `--resume [PATH]`: Typer has no option with an optional value, so PATH is an optional second
 # argument that only --resume may use (`pipseg train CONFIG --resume runs/x/last.pt` reads right).
 ResumeOpt = Annotated[
@@ -109,6 +102,9 @@ def train(
     force: ForceOpt = False,
 ) -> None:
     """Train a model from a config (PIP recipe); --resume [PATH] continues a run; torchrun-ready."""
+    from pipseg.config import load_config
+    from pipseg.engine import train as run_training
+
     is_main = int(os.environ.get("RANK", "0")) == 0
     columns = (
         TextColumn("{task.completed}/{task.total}"), BarColumn(bar_width=12),

@@ -8,6 +8,7 @@ name is the whole stripped line (class names may hold spaces, e.g. ``potted plan
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipseg.errors import PipsegError
@@ -39,3 +40,16 @@ def read_class_list(path: str | os.PathLike[str]) -> list[str]:
     if not names:
         raise PipsegError(f"{path}: the class list is empty; list one class name per line")
     return names
+
+
+def class_names(num_classes: int, names: Sequence[str] | None = None) -> list[str]:
+    """Names of classes ``0 .. num_classes - 1``: ``names`` when given (one per class), else the
+    placeholders ``class_0``, ``class_1``, ... (no dataset's names are guessed from the count)."""
+    if names is None:
+        return [f"class_{i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise PipsegError(
+            f"class list: {len(names)} names for {num_classes} classes; list one name per class, "
+            "background first"
+        )
+    return [str(n) for n in names]

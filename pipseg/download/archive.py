@@ -177,6 +177,13 @@ def extract_archive(
     if is_extracted(archive, target, key):
         return False
     target.mkdir(parents=True, exist_ok=True)
+    _extract(archive, target, progress)
+    atomic_write_text(marker_path(archive, target), key + "\n")
+    return True
+
+
+def _extract(archive: Path, target: Path, progress: ExtractProgress | None) -> None:
+    """Extract by format; a corrupt archive or a failing disk becomes one `PipsegError` line."""
     try:
         # A tar whose last member is a zip can look like a zip: trust the name first.
         if archive.suffix.lower() != ".zip" and tarfile.is_tarfile(archive):
@@ -194,5 +201,3 @@ def extract_archive(
             f"{target}: extracting {archive.name} failed ({e.strerror or e}); check free space and "
             "permissions, then run the same command again (it resumes)"
         ) from None
-    atomic_write_text(marker_path(archive, target), key + "\n")
-    return True

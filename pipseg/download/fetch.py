@@ -1,4 +1,4 @@
-"""Resumable, verified downloads: single files by URL and the named assets of `pipseg.assets`.
+"""Resumable, verified HTTP downloads of single files.
 
 A fetch streams into ``<name>.part``, resumes it with an HTTP Range request next time, retries
 connection errors with exponential backoff, checks the result against its checksum and only then
@@ -12,6 +12,7 @@ import http.client
 import os
 import re
 import ssl
+import string
 import time
 import urllib.error
 import urllib.request
@@ -19,18 +20,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pipseg import __version__
-from pipseg.archive import ExtractProgress, extract_archive, is_extracted
-from pipseg.assets import Asset, Checksum
-from pipseg.config import default_weights_dir
 from pipseg.errors import PipsegError
 from pipseg.io import file_digest
 
 Progress = Callable[[int, int | None], None]
 """Called as ``progress(bytes_done, bytes_total)`` while a file streams in (total may be None)."""
 
+Algorithm = Literal["md5", "sha256"]
 CHUNK_SIZE = 1 << 20
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Errors of the connection, not of the file: worth another attempt.
@@ -41,6 +40,48 @@ _NETWORK_ERRORS = (
     TimeoutError,
     ssl.SSLError,
 )
+_HEX_LENGTH = {"md5": 32, "sha256": 64}
+_MIN_PREFIX = 8  # torchvision weight names carry the first 8 hex digits of the file's SHA-256
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """An expected digest: a full md5 / sha256, or a sha256 prefix (at least 8 hex digits)."""
+
+    algorithm: Algorithm
+    hexdigest: str
+
+    def __post_init__(self) -> None:
+        value = self.hexdigest.strip().lower()
+        full = _HEX_LENGTH.get(self.algorithm)
+        if full is None:
+            raise PipsegError(f"checksum: unknown algorithm '{self.algorithm}'; use md5 or sha256")
+        if not value or any(c not in string.hexdigits for c in value):
+            raise PipsegError(f"--{self.algorithm} {self.hexdigest}: not a hexadecimal digest")
+        shortest = full if self.algorithm == "md5" else _MIN_PREFIX
+        if not shortest <= len(value) <= full:
+            need = f"{full}" if shortest == full else f"{shortest} to {full}"
+            raise PipsegError(
+                f"--{self.algorithm} {self.hexdigest}: expected {need} hex digits, got {len(value)}"
+            )
+        object.__setattr__(self, "hexdigest", value)
+
+    @property
+    def is_prefix(self) -> bool:
+        """True when only the leading digits of the digest are known."""
+        return len(self.hexdigest) < _HEX_LENGTH[self.algorithm]
+
+    @property
+    def kind(self) -> str:
+        """What is checked, for tables: ``md5``, ``sha256`` or ``sha256 prefix``."""
+        return f"{self.algorithm} prefix" if self.is_prefix else self.algorithm
+
+    def matches(self, actual_hexdigest: str) -> bool:
+        """Whether a full digest of the same algorithm agrees with this one."""
+        return actual_hexdigest.lower().startswith(self.hexdigest)
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hexdigest}"
 
 
 class ChecksumError(PipsegError):
@@ -63,17 +104,12 @@ class FetchResult:
     received: int = 0
 
 
-@dataclass(frozen=True)
-class AssetResult:
-    """What `download_asset` did: ``downloaded``, ``extracted`` (from a file already there),
-    ``present`` (nothing to do) or ``manual`` (the user must fetch it; see ``note``)."""
+@dataclass
+class _Stats:
+    """What the attempts of one fetch received, and whether a server made it start over."""
 
-    asset: Asset
-    status: Literal["downloaded", "extracted", "present", "manual"]
-    destination: Path
-    fetch: FetchResult | None = None
-    extracted: bool = False
-    note: str | None = None
+    received: int = 0
+    restarted: bool = False
 
 
 def apply_mirror(url: str, mirror: str | None) -> str:
@@ -98,20 +134,17 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return int(m.group(1)), None if m.group(2) == "*" else int(m.group(2))
 
 
-def _transfer(url: str, part: Path, timeout: float, progress: Progress | None, stats: dict) -> None:
-    """One attempt: append the rest of ``url`` to ``part`` (or restart it when Range is ignored)."""
-    offset = part.stat().st_size if part.is_file() else 0
+def _open(url: str, part: Path, offset: int, timeout: float) -> http.client.HTTPResponse | None:
+    """The response for the bytes from ``offset`` on; None when there is nothing left to send."""
     headers = {"User-Agent": f"pipseg/{__version__}", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        response = urllib.request.urlopen(
-            urllib.request.Request(url, headers=headers), timeout=timeout
-        )
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
     except urllib.error.HTTPError as e:
         e.close()
         if e.code == 416 and offset:
-            return  # nothing left to send: the partial file is whole (the checksum decides)
+            return None  # the partial file is whole (the checksum decides)
         if e.code in RETRY_STATUS:
             raise _Retryable(f"HTTP {e.code} {e.reason}") from None
         raise PipsegError(
@@ -120,6 +153,14 @@ def _transfer(url: str, part: Path, timeout: float, progress: Progress | None, s
         ) from None
     except _NETWORK_ERRORS as e:
         raise _Retryable(str(getattr(e, "reason", e))) from None
+
+
+def _transfer(url: str, part: Path, timeout: float, progress: Progress | None, stats: _Stats) -> None:
+    """One attempt: append the rest of ``url`` to ``part`` (or restart it when Range is ignored)."""
+    offset = part.stat().st_size if part.is_file() else 0
+    response = _open(url, part, offset, timeout)
+    if response is None:
+        return
     with response:
         total = response.headers.get("Content-Length")
         total = int(total) if total and total.isdigit() else None
@@ -129,24 +170,70 @@ def _transfer(url: str, part: Path, timeout: float, progress: Progress | None, s
                 part.unlink(missing_ok=True)
                 raise _Retryable(f"asked for bytes from {offset}, the server sent from {start}")
             total = full if full is not None else (offset + total if total is not None else None)
-            mode = "ab"
         else:  # 200: the server ignored Range and sends the whole file
-            if offset:
-                stats["restarted"] = True
-            offset, mode = 0, "wb"
-        done = offset
-        try:
-            with open(part, mode) as out:
-                while chunk := response.read(CHUNK_SIZE):
-                    out.write(chunk)
-                    done += len(chunk)
-                    stats["received"] += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
-        except _NETWORK_ERRORS as e:
-            raise _Retryable(f"connection lost after {done} bytes: {e}") from None
+            stats.restarted = stats.restarted or offset > 0
+            offset = 0
+        done = _stream(response, part, offset, total, progress, stats)
     if total is not None and done < total:
         raise _Retryable(f"connection closed after {done} of {total} bytes")
+
+
+def _stream(
+    response: http.client.HTTPResponse, part: Path, offset: int, total: int | None,
+    progress: Progress | None, stats: _Stats,
+) -> int:  # fmt: skip
+    """Write the response body to ``part`` from byte ``offset`` on; the bytes it then holds."""
+    done = offset
+    try:
+        with open(part, "ab" if offset else "wb") as out:
+            while chunk := response.read(CHUNK_SIZE):
+                out.write(chunk)
+                done += len(chunk)
+                stats.received += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+    except _NETWORK_ERRORS as e:
+        raise _Retryable(f"connection lost after {done} bytes: {e}") from None
+    return done
+
+
+def _present(path: Path, url: str, checksum: Checksum | None) -> FetchResult:
+    """A file already under its final name: taken as it is, or verified when a digest is known."""
+    if checksum is None:
+        return FetchResult(path, url, "present", verified=False)
+    digest = file_digest(path, checksum.algorithm)
+    if not checksum.matches(digest):
+        raise ChecksumError(
+            f"{path}: already there but its {checksum.algorithm} is {digest}, expected "
+            f"{checksum.hexdigest}; delete it and run again"
+        )
+    return FetchResult(path, url, "present", verified=True)
+
+
+def _download(
+    url: str, path: Path, part: Path, *, retries: int, backoff: float, timeout: float,
+    progress: Progress | None, stats: _Stats,
+) -> None:  # fmt: skip
+    """Fill ``part`` with the whole file, retrying with exponential backoff."""
+    for attempt in range(retries + 1):
+        try:
+            _transfer(url, part, timeout, progress, stats)
+            return
+        except _Retryable as e:
+            if attempt == retries:
+                raise PipsegError(_failed_message(url, path, part, str(e), retries + 1)) from None
+            time.sleep(backoff * 2**attempt)
+
+
+def _verify(part: Path, url: str, checksum: Checksum) -> None:
+    """Delete ``part`` and raise `ChecksumError` unless it has the expected digest."""
+    digest = file_digest(part, checksum.algorithm)
+    if not checksum.matches(digest):
+        part.unlink()
+        raise ChecksumError(
+            f"{url}: the downloaded file's {checksum.algorithm} is {digest}, expected "
+            f"{checksum.hexdigest}; deleted it; run again (or try --mirror)"
+        )
 
 
 def fetch(
@@ -179,53 +266,25 @@ def fetch(
     """
     path = Path(path)
     if path.is_file():
-        if checksum is None:
-            return FetchResult(path, url, "present", verified=False)
-        digest = file_digest(path, checksum.algorithm)
-        if not checksum.matches(digest):
-            raise ChecksumError(
-                f"{path}: already there but its {checksum.algorithm} is {digest}, expected "
-                f"{checksum.hexdigest}; delete it and run again"
-            )
-        return FetchResult(path, url, "present", verified=True)
+        return _present(path, url, checksum)
     part = path.with_name(path.name + ".part")
-    stats = {"received": 0, "restarted": False}
+    stats = _Stats()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         resumed_from = part.stat().st_size if part.is_file() else 0
-        for attempt in range(retries + 1):
-            try:
-                _transfer(url, part, timeout, progress, stats)
-                break
-            except _Retryable as e:
-                if attempt == retries:
-                    raise PipsegError(
-                        _failed_message(url, path, part, str(e), retries + 1)
-                    ) from None
-                time.sleep(backoff * 2**attempt)
+        _download(url, path, part, retries=retries, backoff=backoff, timeout=timeout,
+                  progress=progress, stats=stats)  # fmt: skip
         if checksum is not None:
-            digest = file_digest(part, checksum.algorithm)
-            if not checksum.matches(digest):
-                part.unlink()
-                raise ChecksumError(
-                    f"{url}: the downloaded file's {checksum.algorithm} is {digest}, expected "
-                    f"{checksum.hexdigest}; deleted it; run again (or try --mirror)"
-                )
+            _verify(part, url, checksum)
         os.replace(part, path)
-    except PipsegError:
-        raise
     except OSError as e:
         raise PipsegError(
             f"{part}: cannot write the download ({e}); check the folder and free space"
         ) from None
     return FetchResult(
-        path,
-        url,
-        "downloaded",
-        verified=checksum is not None,
-        resumed_from=0 if stats["restarted"] else resumed_from,
-        received=stats["received"],
-    )
+        path, url, "downloaded", verified=checksum is not None,
+        resumed_from=0 if stats.restarted else resumed_from, received=stats.received,
+    )  # fmt: skip
 
 
 def _failed_message(url: str, path: Path, part: Path, reason: str, attempts: int) -> str:
@@ -250,68 +309,3 @@ def fetch_first(urls: Sequence[str], path: str | os.PathLike[str], **kwargs) -> 
         except PipsegError as e:
             errors.append(str(e))
     raise PipsegError("\n".join(errors) or f"{path}: no URL to download from")
-
-
-def url_asset(url: str, *, checksum: Checksum | None = None, extract: bool = False) -> Asset:
-    """An ad-hoc asset for ``pipseg download --url``: saved under ``--dest`` by its file name."""
-    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    if not urlsplit(url).scheme or not name or name in (".", ".."):
-        raise PipsegError(
-            f"--url {url}: expected a URL ending in a file name, e.g. https://host/file.tar"
-        )
-    return Asset(
-        name=name,
-        description=url,
-        filename=name,
-        urls=(url,),
-        checksum=checksum,
-        extract_to="." if extract else None,
-    )
-
-
-def download_asset(
-    asset: Asset,
-    *,
-    dest: str | os.PathLike[str],
-    weights_dir: str | os.PathLike[str] | None = None,
-    mirror: str | None = None,
-    retries: int = 3,
-    backoff: float = 1.0,
-    timeout: float = 60.0,
-    progress: Progress | None = None,
-    extract_progress: ExtractProgress | None = None,
-) -> AssetResult:
-    """Fetch, verify and (for archives) extract one asset into the default layout.
-
-    Datasets land under ``dest`` (VOC in ``VOCdevkit/VOC2012``, SBD in ``benchmark_RELEASE``);
-    weights in ``weights_dir`` (default `pipseg.config.default_weights_dir()`). An archive whose
-    extraction marker records the expected checksum is skipped without downloading, so the
-    archive may be deleted after extraction. Manual assets are never fetched: the result carries
-    the instructions.
-    """
-    dest = Path(dest).expanduser()
-    weights_dir = Path(weights_dir).expanduser() if weights_dir else default_weights_dir()
-    destination = asset.destination(dest, weights_dir)
-    if asset.manual is not None:
-        if destination.is_dir() and any(destination.iterdir()):
-            return AssetResult(asset, "present", destination)
-        return AssetResult(
-            asset, "manual", destination, note=asset.manual.format(destination=destination)
-        )
-    file = asset.file_path(dest, weights_dir)
-    target = asset.base_dir(dest, weights_dir) / asset.extract_to if asset.extract_to else None
-    key = str(asset.checksum) if asset.checksum else None
-    if target is not None and key is not None and is_extracted(file, target, key):
-        return AssetResult(asset, "present", destination)
-    urls = [apply_mirror(u, mirror) for u in asset.urls]
-    fetched = fetch_first(
-        urls, file, checksum=asset.checksum, retries=retries, backoff=backoff, timeout=timeout,
-        progress=progress,
-    )  # fmt: skip
-    extracted = target is not None and extract_archive(
-        file, target, key=key, progress=extract_progress
-    )
-    status = (
-        "downloaded" if fetched.status == "downloaded" else "extracted" if extracted else "present"
-    )
-    return AssetResult(asset, status, destination, fetch=fetched, extracted=extracted)
