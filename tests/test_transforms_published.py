@@ -42,7 +42,9 @@ Box = tuple[int, int, int, int, int]
 
 
 # ------------------------------------------------------------------------------ naive oracles
-def naive_published_boxes(boxes: list[Box], s: float, x: int, y: int, c: int, flip: bool) -> list[Box]:
+def naive_published_boxes(
+    boxes: list[Box], s: float, x: int, y: int, c: int, flip: bool
+) -> list[Box]:
     """The authors' box rules, one box at a time: truncating scale, shift into the crop, clip
     to ``[0, c - 1]``, flip ``x -> c - x``, keep every box whose corners stay ordered."""
     out = []
@@ -58,7 +60,14 @@ def naive_published_boxes(boxes: list[Box], s: float, x: int, y: int, c: int, fl
 
 
 def naive_exact_boxes(
-    boxes: list[Box], sx: float, sy: float, size: tuple[int, int], x: int, y: int, c: int, flip: bool
+    boxes: list[Box],
+    sx: float,
+    sy: float,
+    size: tuple[int, int],
+    x: int,
+    y: int,
+    c: int,
+    flip: bool,
 ) -> list[Box]:
     """pipseg's documented rules: enclosing scale, drop boxes left with no area, clip, mirror."""
     nh, nw = size
@@ -66,7 +75,10 @@ def naive_exact_boxes(
     for x0, y0, x1, y1, cls in boxes:
         if (sx, sy) != (1.0, 1.0):
             x0, y0 = math.floor(x0 * sx), math.floor(y0 * sy)
-            x1, y1 = min(math.ceil((x1 + 1) * sx) - 1, nw - 1), min(math.ceil((y1 + 1) * sy) - 1, nh - 1)
+            x1, y1 = (
+                min(math.ceil((x1 + 1) * sx) - 1, nw - 1),
+                min(math.ceil((y1 + 1) * sy) - 1, nh - 1),
+            )
         x0, x1, y0, y1 = x0 - x, x1 - x, y0 - y, y1 - y
         if x1 < 0 or x0 >= c or y1 < 0 or y0 >= c:
             continue
@@ -84,7 +96,9 @@ def naive_published_grid(boxes: list[Box], c: int, grid: int) -> list[Box]:
     def to_grid(v: int) -> int:
         return round(min(max(Fraction(v * grid, c), Fraction(0)), Fraction(grid - 1)))
 
-    return [(to_grid(x0), to_grid(y0), to_grid(x1), to_grid(y1), cls) for x0, y0, x1, y1, cls in boxes]
+    return [
+        (to_grid(x0), to_grid(y0), to_grid(x1), to_grid(y1), cls) for x0, y0, x1, y1, cls in boxes
+    ]
 
 
 def naive_canvas(image: np.ndarray, label: np.ndarray, size: tuple[int, int], c: int):
@@ -131,7 +145,9 @@ def random_sample(seed: int, h: int, w: int, count: int):
     return image, label, np.array(rows, dtype=np.int64).reshape(-1, 5)
 
 
-def run_augment(geometry: str, seed: int, size: tuple[int, int], count: int, crop: int, scale: float, flip: bool):
+def run_augment(
+    geometry: str, seed: int, size: tuple[int, int], count: int, crop: int, scale: float, flip: bool
+):
     image, label, boxes = random_sample(seed, *size, count)
     augment = TrainAugment(crop, [scale], flip=flip, pad_rgb=PAD_RGB, geometry=geometry)
     out = augment(image, label, boxes, torch.Generator().manual_seed(seed))
@@ -196,7 +212,9 @@ def test_exact_geometry_follows_its_documented_rules(
     expected_label = canvas_label[y : y + crop, x : x + crop]
     np.testing.assert_array_equal(out_label, expected_label[:, ::-1] if flipped else expected_label)
     sx, sy = scaled[1] / w, scaled[0] / h
-    expected = naive_exact_boxes([tuple(b) for b in boxes.tolist()], sx, sy, scaled, x, y, crop, flipped)
+    expected = naive_exact_boxes(
+        [tuple(b) for b in boxes.tolist()], sx, sy, scaled, x, y, crop, flipped
+    )
     assert [tuple(b) for b in out_boxes.tolist()] == expected
 
 
@@ -213,8 +231,12 @@ def test_exact_is_the_default(seed: int) -> None:
 
 def test_hand_worked_published_steps() -> None:
     boxes = np.array([[3, 5, 7, 9, 1], [0, 0, 1, 1, 2]])
-    np.testing.assert_array_equal(scale_boxes_published(boxes, 0.75), [[2, 3, 5, 6, 1], [0, 0, 0, 0, 2]])
-    np.testing.assert_array_equal(scale_boxes_published(boxes, 1.5), [[4, 7, 10, 13, 1], [0, 0, 1, 1, 2]])
+    np.testing.assert_array_equal(
+        scale_boxes_published(boxes, 0.75), [[2, 3, 5, 6, 1], [0, 0, 0, 0, 2]]
+    )
+    np.testing.assert_array_equal(
+        scale_boxes_published(boxes, 1.5), [[4, 7, 10, 13, 1], [0, 0, 1, 1, 2]]
+    )
     # Crop 20x20 at (10, 10): above-left -> the point (0, 0); below-right -> (19, 19); kept.
     boxes = np.array([[0, 0, 9, 9, 1], [50, 50, 60, 60, 2], [15, 18, 30, 40, 3], [0, 12, 4, 15, 4]])
     np.testing.assert_array_equal(
@@ -240,8 +262,10 @@ def test_unknown_geometry_is_refused() -> None:
 
 
 # ----------------------------------------------------------- the loss sees the edge lines
-def naive_loss(logits: np.ndarray, labels: np.ndarray, boxes: list[list[Box]], r: int = 5) -> tuple[float, float, float]:
-    """(loss, box, pixel) of PIP.md section 2 with lamb 0.2, alpha 0.5, tau 5, sigma 2, per box."""
+def naive_loss(
+    logits: np.ndarray, labels: np.ndarray, boxes: list[list[Box]], r: int = 5
+) -> tuple[float, float, float]:
+    """(loss, box, pixel) of docs/METHOD.md section 2 with lamb 0.2, alpha 0.5, tau 5, sigma 2, per box."""
     lamb, alpha, tau, sigma = 0.2, 0.5, 5.0, 2.0
     b_count, _, h, w = logits.shape
     z = logits - logits.max(axis=1, keepdims=True)
@@ -257,7 +281,9 @@ def naive_loss(logits: np.ndarray, labels: np.ndarray, boxes: list[list[Box]], r
         for x0, y0, x1, y1, c in boxes[b]:
             region = p[b, c, y0 : y1 + 1, x0 : x1 + 1]
             for axis in (0, 1):
-                box_sum -= (alpha * np.log(region.max(axis)) + (1 - alpha) * np.log(1 - region.min(axis))).sum()
+                box_sum -= (
+                    alpha * np.log(region.max(axis)) + (1 - alpha) * np.log(1 - region.min(axis))
+                ).sum()
             lines += (y1 - y0 + 1) + (x1 - x0 + 1)
             cover[y0 : y1 + 1, x0 : x1 + 1] += 1
             ring = np.zeros((h, w))
@@ -266,7 +292,13 @@ def naive_loss(logits: np.ndarray, labels: np.ndarray, boxes: list[list[Box]], r
             outline += ring
         padded = np.pad(outline, r, mode="reflect")
         near = np.array(
-            [[(kernel * padded[i : i + 2 * r + 1, j : j + 2 * r + 1]).sum() + 1 for j in range(w)] for i in range(h)]
+            [
+                [
+                    (kernel * padded[i : i + 2 * r + 1, j : j + 2 * r + 1]).sum() + 1
+                    for j in range(w)
+                ]
+                for i in range(h)
+            ]
         )
         s[b] = cover * near
     gamma = (1 / (1 + np.exp(-s / s.max())) - 0.5) * tau + 1
@@ -282,9 +314,16 @@ def test_edge_lines_count_in_both_loss_terms() -> None:
     """Boxes outside the crop reach `PIPLoss` as lines and points and weigh in both terms, as in
     the published loss (which skips only boxes with ``h * w == 0``, never true after clipping)."""
     crop, grid = 40, 12
-    boxes = np.array([[50, 12, 70, 30, 3], [-30, -20, -5, -2, 4], [8, 0, 20, 15, 1], [5, 45, 38, 60, 2]])
+    boxes = np.array(
+        [[50, 12, 70, 30, 3], [-30, -20, -5, -2, 4], [8, 0, 20, 15, 1], [5, 45, 38, 60, 2]]
+    )
     cropped = clip_boxes_published(boxes, x=0, y=0, size=crop)
-    assert cropped.tolist() == [[39, 12, 39, 30, 3], [0, 0, 0, 0, 4], [8, 0, 20, 15, 1], [5, 39, 38, 39, 2]]
+    assert cropped.tolist() == [
+        [39, 12, 39, 30, 3],
+        [0, 0, 0, 0, 4],
+        [8, 0, 20, 15, 1],
+        [5, 39, 38, 39, 2],
+    ]
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, (1, crop, crop))
     labels[0, :3] = 255
@@ -293,7 +332,9 @@ def test_edge_lines_count_in_both_loss_terms() -> None:
     )
     logits = torch.from_numpy(rng.normal(size=(1, 5, grid, grid)))
     parts = PIPLoss().forward_parts(logits, grid_labels, grid_boxes)
-    expected = naive_loss(logits.numpy(), grid_labels.numpy(), [[tuple(b) for b in grid_boxes[0].tolist()]])
+    expected = naive_loss(
+        logits.numpy(), grid_labels.numpy(), [[tuple(b) for b in grid_boxes[0].tolist()]]
+    )
     for key, value in zip(("loss", "box", "pixel"), expected, strict=True):
         assert float(parts[key]) == pytest.approx(value, rel=1e-9, abs=1e-12)
     # Without the lines both terms change: they were counted.
@@ -308,7 +349,10 @@ def test_dataset_applies_the_configured_geometry(synthetic_data_cfg: DataConfig)
     cfg = synthetic_data_cfg.model_copy(update={"box_geometry": "published"})
     dataset = SegDataset(cfg, "train", "box", train=True)
     pad = (122.675, 116.669, 104.008)
-    kinds = {g: TrainAugment(cfg.crop_size, cfg.scales, cfg.flip, pad, geometry=g) for g in ("exact", "published")}
+    kinds = {
+        g: TrainAugment(cfg.crop_size, cfg.scales, cfg.flip, pad, geometry=g)
+        for g in ("exact", "published")
+    }
     differs = False
     for seed in range(8):
         index = seed % len(dataset)
@@ -320,7 +364,9 @@ def test_dataset_applies_the_configured_geometry(synthetic_data_cfg: DataConfig)
             torch.manual_seed(seed)
             results[name] = augment(*raw)
         np.testing.assert_array_equal(item["boxes"].numpy(), results["published"][2])
-        np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), results["published"][0])
+        np.testing.assert_array_equal(
+            item["image"].permute(1, 2, 0).numpy(), results["published"][0]
+        )
         differs |= not np.array_equal(results["exact"][2], results["published"][2])
     assert differs
 

@@ -1,4 +1,4 @@
-"""Joint training augmentation of image, label map and boxes (PIP.md section 3, section 6 fixes).
+"""Joint training augmentation of image, label map and boxes (docs/METHOD.md sections 3 and 6).
 
 Steps, in order: random scale, pad bottom/right to the crop size, random crop, horizontal flip.
 Boxes are 0-based inclusive integer corners ``(x0, y0, x1, y1, cls)`` throughout.
@@ -15,8 +15,8 @@ faster per sample on CPU workers:
   every output pixel sampled from inside the box lands inside the scaled box.
 - pad bottom/right to ``crop`` with the padding colour (image) and 255 (label); boxes unchanged.
 - crop at a uniform random offset; boxes shifted, clipped to the crop, and dropped when nothing
-  of them is left inside (PIP.md section 6).
-- flip with p = 0.5: exact mirror ``x -> W - 1 - x`` (PIP.md section 6).
+  of them is left inside (docs/METHOD.md section 6).
+- flip with p = 0.5: exact mirror ``x -> W - 1 - x`` (docs/METHOD.md section 6).
 
 That is ``geometry="exact"``, the default. ``geometry="published"`` (``data.box_geometry``,
 docs/METHOD.md section 6) reproduces the authors' training code instead, step for step:
