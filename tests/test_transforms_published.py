@@ -331,7 +331,7 @@ def test_edge_lines_count_in_both_loss_terms() -> None:
         torch.from_numpy(labels), torch.from_numpy(cropped)[None], (grid, grid)
     )
     logits = torch.from_numpy(rng.normal(size=(1, 5, grid, grid)))
-    parts = PIPLoss().forward_parts(logits, grid_labels, grid_boxes)
+    parts = PIPLoss(box_search="dense").forward_parts(logits, grid_labels, grid_boxes)
     expected = naive_loss(
         logits.numpy(), grid_labels.numpy(), [[tuple(b) for b in grid_boxes[0].tolist()]]
     )
@@ -339,7 +339,7 @@ def test_edge_lines_count_in_both_loss_terms() -> None:
         assert float(parts[key]) == pytest.approx(value, rel=1e-9, abs=1e-12)
     # Without the lines both terms change: they were counted.
     inside = grid_boxes[:, 2:3]
-    without = PIPLoss().forward_parts(logits, grid_labels, inside)
+    without = PIPLoss(box_search="dense").forward_parts(logits, grid_labels, inside)
     assert float(without["box"]) != pytest.approx(float(parts["box"]), rel=1e-6)
     assert float(without["pixel"]) != pytest.approx(float(parts["pixel"]), rel=1e-6)
 
