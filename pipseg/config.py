@@ -55,6 +55,12 @@ class DataConfig(_Section):
     flip: bool = True
     workers: Annotated[int, Field(ge=0)] = 4
     skip_unknown_classes: bool = False
+    # How boxes follow the random scale, crop and flip (docs/METHOD.md section 6).
+    box_geometry: Literal["exact", "published"] = Field(
+        "exact",
+        description="'exact' (pipseg: mirror flip, enclosing scaling, drop boxes outside the "
+        "crop) or 'published' (the authors' code: x -> crop - x, int(x * s), keep clipped lines)",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -129,6 +135,12 @@ class EvalConfig(_Section):
 
     pad_size: PositiveInt = 513
     batch_size: PositiveInt = 1
+    # Where DenseCRF runs (docs/METHOD.md section 6).
+    crf_canvas: Literal["image", "padded"] = Field(
+        "image",
+        description="'image' (crop the probabilities to the image, then CRF) or 'padded' (the "
+        "published code: CRF on the padded canvas, image padded with black, then crop)",
+    )
 
 
 class CRFConfig(_Section):

@@ -102,7 +102,9 @@ class SegDataset(Dataset):
         prepared_skip = bool(manifest.get("settings", {}).get("skip_unknown", False))
         self.skip_unknown = data_cfg.skip_unknown_classes or prepared_skip
         self.augment = (
-            TrainAugment(data_cfg.crop_size, data_cfg.scales, data_cfg.flip, pad_rgb)
+            TrainAugment(
+                data_cfg.crop_size, data_cfg.scales, data_cfg.flip, pad_rgb, data_cfg.box_geometry
+            )
             if train
             else None
         )
