@@ -90,7 +90,8 @@ def _eval_folders(
     pred: Path, gt: Path, id_list: Path | None, num_classes: int, crop_padded: bool, workers: int | None
 ) -> tuple[dict[str, Any], list[str] | None]:
     from pipseg.config import VOC_CLASSES
-    from pipseg.evaluate import evaluate_folders, read_id_list
+    from pipseg.data.lists import read_id_list
+    from pipseg.evaluate import evaluate_folders
 
     ids = read_id_list(id_list) if id_list is not None else None
     with progress_bar("eval") as update:
