@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipseg.crf import DenseCRF, crf_folder, save_probs
+from pipseg.crf import DenseCRF, save_probs
+from pipseg.crf.folder import crf_folder
 from pipseg.data.labels import read_label, write_label
 from pipseg.evaluate import evaluate_folders
 from pipseg.export import SegmentationExport, export_model

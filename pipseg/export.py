@@ -5,11 +5,14 @@ or float32, fixed at export) and returns ``probs``: softmax class probabilities
 ``[B, C, H, W]`` float32 at the input resolution (logits upsampled bilinearly with
 ``align_corners=True``), plus ``labels`` ``[B, H, W]`` int64 (argmax) when asked.
 
-It runs the image as given: no padding. The evaluation recipe (`pipseg.inference`) first pads
-to 513x513, so border pixels can differ slightly from `pipseg predict`; pad the image yourself
-with the mean colour (the sidecar's ``pad_rgb``) to reproduce it exactly.
+It runs the image as given: no padding. The model's test recipe (`pipseg.inference`, what
+`pipseg predict` and `pipseg eval` run) first pads bottom/right to ``pad_size`` (the checkpoint's
+``eval.pad_size``; a longer side to the next ``8k + 1``) with the mean colour and crops after,
+so an unpadded image can come out differently, most near the borders; pad it yourself as the
+sidecar's ``recipe`` says to reproduce `pipseg predict` exactly.
 
-Next to the model a JSON sidecar (``<file>.json``) records classes, convention and the I/O spec.
+Next to the model a JSON sidecar (``<file>.json``) records classes, convention, the test recipe
+and the I/O spec.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipseg.errors import PipsegError
+from pipseg.inference import DEFAULT_PAD_SIZE, checkpoint_pad_size
 from pipseg.io import atomic_path, atomic_write_json
 from pipseg.models.convention import InputConvention, mean_rgb255, prepare_images
 
@@ -51,9 +55,17 @@ class SegmentationExport(nn.Module):
         return probs
 
 
-def sidecar(model: nn.Module, meta: dict[str, Any], fmt: ExportFormat, input_dtype: str, with_labels: bool) -> dict[str, Any]:
-    """The JSON description written next to an exported model."""
+def sidecar(
+    model: nn.Module,
+    meta: dict[str, Any],
+    fmt: ExportFormat,
+    input_dtype: str,
+    with_labels: bool,
+    pad_size: int = DEFAULT_PAD_SIZE,
+) -> dict[str, Any]:
+    """The JSON description written next to an exported model (``pad_size``: its test recipe's)."""
     convention: InputConvention = model.input_convention
+    pad_rgb = [float(v) for v in mean_rgb255(convention)]
     outputs = [{"name": "probs", "shape": ["batch", len(meta["classes"]), "height", "width"], "dtype": "float32",
                 "meaning": "softmax class probabilities at the input resolution"}]  # fmt: skip
     if with_labels:
@@ -68,9 +80,24 @@ def sidecar(model: nn.Module, meta: dict[str, Any], fmt: ExportFormat, input_dty
         "input": {"name": "images", "shape": ["batch", 3, "height", "width"], "dtype": input_dtype,
                   "range": "0..255", "channels": "RGB"},  # fmt: skip
         "outputs": outputs,
-        "pad_rgb": [float(v) for v in mean_rgb255(convention)],
-        "note": "no padding inside the graph; pipseg's eval recipe pads to 513x513 with pad_rgb first",
-    }
+        "pad_rgb": pad_rgb,
+        "recipe": recipe(pad_size, pad_rgb),
+        "note": (f"no padding inside the graph; pipseg predict and eval pad each image bottom/right to "
+                 f"{pad_size}x{pad_size} with pad_rgb (a longer side to the next 8k+1), run, and crop the "
+                 f"probabilities back: do the same to get their exact output"),
+    }  # fmt: skip
+
+
+def recipe(pad_size: int, pad_rgb: list[float]) -> dict[str, Any]:
+    """The test recipe of `pipseg.inference` as data, for the sidecar."""
+    return {
+        "pad_size": pad_size,
+        "pad": "bottom/right, with pad_rgb, to pad_size x pad_size; a side longer than pad_size to the "
+               "smallest 8k+1 at least as long",
+        "pad_rgb": pad_rgb,
+        "crop": "the probabilities back to the image size (top-left)",
+        "source": "the checkpoint's eval.pad_size (513 where it records none)",
+    }  # fmt: skip
 
 
 def _example(input_dtype: str, height: int, width: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -94,12 +121,15 @@ def export_model(
     example_size: int = 97,
     check: bool = True,
     source: str | os.PathLike[str] | None = None,
+    pad_size: int | None = None,
 ) -> dict[str, Any]:
     """Export ``model`` (CPU, eval mode) to ``out`` atomically and write ``<out>.json``.
 
-    With ``check`` the exported file is run (onnxruntime / torch.jit.load) on random images of
-    two sizes and batch sizes and compared with the eager wrapper; a difference above 1e-4 raises
-    `PipsegError`. Returns the sidecar dict plus ``max_abs_diff`` (None without ``check``).
+    The sidecar states the test recipe's ``pad_size``: ``pad_size`` if given, else the ``source``
+    checkpoint's ``eval.pad_size`` (513 without one). With ``check`` the exported file is run
+    (onnxruntime / torch.jit.load) on random images of two sizes and batch sizes and compared with
+    the eager wrapper; a difference above 1e-4 raises `PipsegError`. Returns the sidecar dict plus
+    ``max_abs_diff`` (None without ``check``).
     """
     if fmt not in ("onnx", "torchscript"):
         raise PipsegError(f"--format {fmt}: unknown; use onnx or torchscript")
@@ -108,6 +138,8 @@ def export_model(
     out = Path(out)
     if source is not None and out.resolve() == Path(source).resolve():
         raise PipsegError(f"{out}: --out is the checkpoint being exported; choose another file")
+    if pad_size is None:
+        pad_size = checkpoint_pad_size(source) if source is not None else DEFAULT_PAD_SIZE
     model = model.to("cpu").eval()
     wrapper = SegmentationExport(model, model.input_convention, with_labels).eval()
     example = _example(input_dtype, example_size, example_size + 16)
@@ -121,7 +153,7 @@ def export_model(
             max_diff = check_export(wrapper, tmp, fmt, input_dtype, example_size) if check else None
         except PipsegError as e:
             raise PipsegError(str(e).replace(str(tmp), str(out))) from None
-    info = sidecar(model, meta, fmt, input_dtype, with_labels)
+    info = sidecar(model, meta, fmt, input_dtype, with_labels, pad_size)
     atomic_write_json(sidecar_path(out), info)
     info["max_abs_diff"] = max_diff
     return info

@@ -1,4 +1,4 @@
-"""Test-time prediction (PIP.md section 4) and the evaluation loop shared by `eval` and training.
+"""Test-time prediction (PIP.md section 4): the recipe every prediction in pipseg goes through.
 
 The recipe: pad the image bottom/right to ``pad_size`` (513) with zeros *after* the input
 convention is applied (the same as padding with the convention's mean colour), run the network,
@@ -7,15 +7,15 @@ upsample the logits bilinearly with ``align_corners=True`` to the padded size, s
 Images larger than ``pad_size`` are padded to the smallest ``8k + 1`` at least as large as the
 image (the ``513 = 64 * 8 + 1`` family, so the logit grid lines up with pixel corners as it does
 at 513). Images of equal padded size can share one forward pass; with the default 513 that is
-every VOC image.
+every VOC image. The evaluation loops that score these predictions live in `pipseg.evaluate`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import os
+from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,22 +23,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipseg.errors import PipsegError
-from pipseg.metrics import ConfusionMatrix
+from pipseg.models import CHECKPOINT_FORMAT, load_checkpoint
 from pipseg.models.convention import InputConvention, prepare_images
 
 TTA_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)
+DEFAULT_PAD_SIZE = 513  # PIP.md section 4; the recipe of checkpoints that record none (the authors')
 
 Image = np.ndarray | torch.Tensor  # uint8 RGB, [H, W, 3] numpy or [3, H, W] tensor
 
 
-def _bare(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside a DDP / DataParallel wrapper (its attributes, no forward-time syncs)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel) else model
 
 
 def model_device(model: nn.Module) -> torch.device:
     """The device the model's parameters live on (CPU for a parameterless model)."""
-    param = next(_bare(model).parameters(), None)
+    param = next(unwrap_model(model).parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
 
@@ -49,6 +50,20 @@ def padded_size(height: int, width: int, pad_size: int = 513, stride: int = 8) -
         return pad_size if n <= pad_size else stride * math.ceil((n - 1) / stride) + 1
 
     return side(height), side(width)
+
+
+def checkpoint_pad_size(checkpoint: str | os.PathLike[str]) -> int:
+    """The ``eval.pad_size`` recorded in a pipseg checkpoint's config: the size its ``eval`` and
+    validation padded to. `DEFAULT_PAD_SIZE` for files that record no config (the authors' weights)."""
+    obj = load_checkpoint(checkpoint)
+    config = obj.get("config") if obj.get("format") == CHECKPOINT_FORMAT else None
+    eval_section = config.get("eval") if isinstance(config, dict) else None
+    pad = eval_section.get("pad_size") if isinstance(eval_section, dict) else None
+    if pad is None:
+        return DEFAULT_PAD_SIZE
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 1:
+        raise PipsegError(f"{checkpoint}: its config's eval.pad_size is {pad!r}, not a positive integer; pass --pad-size")
+    return pad
 
 
 def to_chw_tensor(image: Image) -> torch.Tensor:
@@ -144,7 +159,7 @@ def predict_probs_batch(
     the network as one batch. ``device`` defaults to the model's; the model must already be there.
     With ``tta`` each image is run on its own at scales 0.75/1/1.25, with and without flip.
     """
-    net = _bare(model)
+    net = unwrap_model(model)
     device = torch.device(device) if device is not None else model_device(net)
     convention: InputConvention = net.input_convention
     tensors = [to_chw_tensor(img) for img in images]
@@ -177,128 +192,3 @@ def predict_probs(
     return predict_probs_batch(
         model, [image_rgb], pad_size=pad_size, device=device, tta=tta, amp_dtype=amp_dtype
     )[0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def _as_triple(sample: Any) -> tuple[Image, Any, str]:
-    if isinstance(sample, dict):
-        return sample["image"], sample["label"], str(sample["id"])
-    image, label, sample_id = sample
-    return image, label, str(sample_id)
-
-
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def _shard(samples: Iterable[Any] | Sequence[Any], rank: int, world: int) -> Iterator[Any]:
-    """This rank's samples: every ``world``-th, starting at ``rank`` (indexable: no wasted loads)."""
-    if world == 1:
-        yield from samples
-    elif hasattr(samples, "__len__") and hasattr(samples, "__getitem__"):
-        for i in range(rank, len(samples), world):  # type: ignore[arg-type]
-            yield samples[i]  # type: ignore[index]
-    else:
-        for i, sample in enumerate(samples):
-            if i % world == rank:
-                yield sample
-
-
-def _label_tensor(label: Any, device: torch.device) -> torch.Tensor:
-    if isinstance(label, np.ndarray):
-        label = torch.from_numpy(np.ascontiguousarray(label))
-    return label.to(device=device, dtype=torch.long, non_blocking=True)
-
-
-def evaluate_model(
-    model: nn.Module,
-    samples: Iterable[Any],
-    *,
-    num_classes: int,
-    pad_size: int = 513,
-    device: torch.device | str | None = None,
-    crf: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-    progress: Callable[[int, int | None], None] | None = None,
-    batch_size: int = 1,
-    tta: bool = False,
-    amp_dtype: torch.dtype | None = None,
-    shard: bool = True,
-) -> dict[str, Any]:
-    """Score a model on labelled images with the test recipe; returns `ConfusionMatrix.compute()`.
-
-    ``samples``: ``(image, label, id)`` tuples or `SegDataset(train=False)` dicts (``image`` uint8
-    RGB numpy ``[H, W, 3]`` or tensor ``[3, H, W]``, ``label`` ``[H, W]`` with 255 ignored).
-    ``crf(image_hwc_uint8, probs_chw_float32) -> labels`` (e.g. `pipseg.crf.DenseCRF`) adds a
-    ``"crf"`` sub-dict with the same figures after CRF; the top level is always without CRF.
-    ``progress(done, total)`` is called after each image (total is None for plain iterables).
-    Consecutive images with the same padded size run as one batch of up to ``batch_size``.
-    Under torch.distributed each rank scores every world-size-th sample (pass ``shard=False`` when
-    ``samples`` is already split per rank, e.g. a loader with a DistributedSampler) and the
-    matrices are summed, so every rank returns the full result. Batches from a loader with
-    `collate_list` (lists of dicts) are accepted too. The model's train/eval mode is restored.
-    """
-
-    net = _bare(model)
-    device = torch.device(device) if device is not None else model_device(net)
-    rank, world = _dist_rank_world()
-    shard_rank, shards = (rank, world) if shard else (0, 1)
-    total = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
-    if total is not None:
-        total = len(range(shard_rank, total, shards))
-    cm = ConfusionMatrix(num_classes)
-    cm_crf = ConfusionMatrix(num_classes) if crf is not None else None
-    for matrix in (cm, cm_crf):
-        if matrix is not None:  # on the device even for an empty shard: NCCL reduces CUDA tensors only
-            matrix.matrix = matrix.matrix.to(device)
-    done = 0
-
-    def flush(pending: list[tuple[Image, Any, str]]) -> None:
-        nonlocal done
-        probs = predict_probs_batch(
-            net, [p[0] for p in pending], pad_size=pad_size, device=device, tta=tta, amp_dtype=amp_dtype
-        )
-        for (image, label, sample_id), prob in zip(pending, probs, strict=True):
-            target = _label_tensor(label, device)
-            if target.shape != prob.shape[-2:]:
-                raise PipsegError(
-                    f"{sample_id}: label size {tuple(target.shape)} != image size "
-                    f"{tuple(prob.shape[-2:])}; labels must match their images"
-                )
-            cm.update(prob.argmax(0), target)
-            if cm_crf is not None:
-                refined = crf(to_hwc_uint8(image), prob.cpu().numpy())
-                cm_crf.update(torch.from_numpy(np.asarray(refined)).to(device), target)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-
-    pending: list[tuple[Image, Any, str]] = []
-    key = None
-    for item in _shard(samples, shard_rank, shards):
-        batch = isinstance(item, list) and item and isinstance(item[0], dict)
-        if batch:
-            total = None  # len(samples) counted batches, not images
-        for sample in item if batch else [item]:
-            image, label, sample_id = _as_triple(sample)
-            sample_key = padded_size(*to_chw_tensor(image).shape[-2:], pad_size)
-            if pending and (sample_key != key or len(pending) >= batch_size):
-                flush(pending)
-                pending = []
-            pending.append((image, label, sample_id))
-            key = sample_key
-    if pending:
-        flush(pending)
-
-    if world > 1:
-        cm.reduce_from_all_processes()
-        if cm_crf is not None:
-            cm_crf.reduce_from_all_processes()
-    result = dict(cm.compute())
-    if cm_crf is not None:
-        result["crf"] = dict(cm_crf.compute())
-    return result

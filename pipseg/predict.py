@@ -3,7 +3,7 @@
 Outputs for an input whose output name is ``<key>`` (its path relative to the folder given, or
 its stem for files given one by one): ``<out>/<key>.png`` (VOC palette PNG of class indices, the
 input's size), ``<key>.overlay.jpg`` (with ``overlay``) and ``<key>.npz`` (with ``save_probs``:
-float16 probabilities ``[C, H, W]`` under the key ``probs``, the input of `pipseg.crf.crf_folder`).
+float16 probabilities ``[C, H, W]`` under the key ``probs``, the input of `pipseg.crf.folder.crf_folder`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ from torch import nn
 from pipseg.crf import save_probs
 from pipseg.data.images import IMAGE_EXTENSIONS, image_size, read_image
 from pipseg.data.labels import IGNORE_INDEX, VOC_PALETTE, write_label
+from pipseg.data.lists import read_id_list
 from pipseg.errors import PipsegError
-from pipseg.inference import padded_size, predict_probs_batch
+from pipseg.inference import DEFAULT_PAD_SIZE, checkpoint_pad_size, padded_size, predict_probs_batch
 from pipseg.io import atomic_write_bytes, atomic_write_json
 
 OVERLAY_ALPHA = 0.5
@@ -67,11 +69,10 @@ def collect_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[InputImage]
             found += [(p, p.relative_to(path).with_suffix("").as_posix())
                       for p in sorted(path.rglob("*")) if _is_image(p) and p.is_file()]  # fmt: skip
         elif path.suffix.lower() == ".txt" and path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip() and not line.lstrip().startswith("#"):
-                    listed = Path(line.strip()).expanduser()
-                    listed = listed if listed.is_absolute() else path.parent / listed
-                    found.append((listed, listed.stem))
+            for line in read_id_list(path, allow_empty=True):
+                listed = Path(line).expanduser()
+                listed = listed if listed.is_absolute() else path.parent / listed
+                found.append((listed, listed.stem))
         elif path.exists() or _is_image(path):
             found.append((path, path.stem))  # unreadable / missing ones are reported per file later
         else:
@@ -153,7 +154,7 @@ def predict_files(
     out_dir: str | os.PathLike[str],
     *,
     classes: Sequence[str] | None = None,
-    pad_size: int = 513,
+    pad_size: int | None = None,
     device: torch.device | str | None = None,
     batch_size: int = 4,
     tta: bool = False,
@@ -167,21 +168,56 @@ def predict_files(
 ) -> PredictSummary:
     """Predict every image and write its outputs (see the module docstring) under ``out_dir``.
 
-    Images sharing a padded size run as one batch of up to ``batch_size``. Unreadable images are
-    recorded in ``summary.failed`` and the run goes on. An image whose requested outputs all
-    exist is skipped unless ``overwrite``. Raises `PipsegError` (before any work) when an output
-    path would be one of the inputs.
+    ``pad_size`` defaults to the one ``checkpoint`` was evaluated with (its config's
+    ``eval.pad_size``, see `checkpoint_pad_size`), so ``predict`` and ``eval`` agree pixel for
+    pixel; 513 without a checkpoint. Images sharing a padded size run as one batch of up to
+    ``batch_size``. Unreadable images are recorded in ``summary.failed`` and the run goes on. An
+    image whose requested outputs all exist is skipped unless ``overwrite``. Raises `PipsegError`
+    (before any work) when an output path would be one of the inputs.
     """
     out_dir = Path(out_dir)
+    if pad_size is None:
+        pad_size = checkpoint_pad_size(checkpoint) if checkpoint is not None else DEFAULT_PAD_SIZE
     settings = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
                 "crf": crf is not None, "tta": tta, "pad_size": pad_size}  # fmt: skip
     _check_settings(out_dir, settings, overwrite)
     # Written before any output, so an interrupted run still guards its folder.
     atomic_write_json(out_dir / SETTINGS_NAME, settings)
     wanted = ["label"] + (["overlay"] if overlay else []) + (["probs"] if probs else [])
-    inputs = {img.path.resolve() for img in images}
     summary = PredictSummary(total=len(images))
-    todo: list[tuple[InputImage, dict[str, Path]]] = []
+    todo = _outputs_to_write(images, out_dir, wanted, overwrite, summary)
+    report = partial(_report, summary, progress)
+    predict = partial(predict_probs_batch, model, pad_size=pad_size, device=device, tta=tta, amp_dtype=amp_dtype)
+    for group in _by_padded_size(todo, pad_size, summary, report).values():
+        for start in range(0, len(group), batch_size):
+            arrays, batch = _decode(group[start : start + batch_size], summary, report)
+            # The header can disagree with the decoded size (rare formats): regroup to be safe.
+            by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+            for i, arr in enumerate(arrays):
+                by_size[padded_size(*arr.shape[:2], pad_size)].append(i)
+            for members in by_size.values():
+                results = predict([arrays[i] for i in members])
+                for i, prob in zip(members, results, strict=True):
+                    _write_outputs(arrays[i], prob, batch[i][1], classes, crf)
+                    summary.written += 1
+                    report()
+    return summary
+
+
+_Todo = tuple[InputImage, dict[str, Path]]  # an image and the outputs to write for it
+
+
+def _report(summary: PredictSummary, progress: Callable[[int, int], None] | None) -> None:
+    if progress is not None:
+        progress(summary.skipped + summary.written + len(summary.failed), summary.total)
+
+
+def _outputs_to_write(
+    images: Sequence[InputImage], out_dir: Path, wanted: list[str], overwrite: bool, summary: PredictSummary
+) -> list[_Todo]:
+    """Each image with the outputs to write for it; images whose outputs all exist count as skipped."""
+    inputs = {img.path.resolve() for img in images}
+    todo = []
     for img in images:
         paths = {k: v for k, v in output_paths(out_dir, img.key).items() if k in wanted}
         clash = [p for p in paths.values() if p.resolve() in inputs]
@@ -191,49 +227,38 @@ def predict_files(
             summary.skipped += 1
         else:
             todo.append((img, paths))
-    done = summary.skipped
+    return todo
 
-    def advance() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, summary.total)
 
-    # Group by padded size from the file headers, so one batch never needs two decodes.
-    groups: dict[tuple[int, int], list[tuple[InputImage, dict[str, Path]]]] = defaultdict(list)
+def _by_padded_size(
+    todo: list[_Todo], pad_size: int, summary: PredictSummary, report: Callable[[], None]
+) -> dict[tuple[int, int], list[_Todo]]:
+    """Group by padded size from the file headers, so one batch never needs two decodes."""
+    groups: dict[tuple[int, int], list[_Todo]] = defaultdict(list)
     for item in todo:
         try:
             w, h = image_size(item[0].path)
         except PipsegError as e:
             summary.failed.append((str(item[0].path), str(e)))
-            advance()
+            report()
             continue
         groups[padded_size(h, w, pad_size)].append(item)
+    return groups
 
-    for group in groups.values():
-        for start in range(0, len(group), batch_size):
-            batch, arrays = [], []
-            for item in group[start : start + batch_size]:
-                try:
-                    arrays.append(read_image(item[0].path))
-                    batch.append(item)
-                except PipsegError as e:
-                    summary.failed.append((str(item[0].path), str(e)))
-                    advance()
-            # The header can disagree with the decoded size (rare formats): regroup to be safe.
-            by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-            for i, arr in enumerate(arrays):
-                by_size[padded_size(*arr.shape[:2], pad_size)].append(i)
-            for members in by_size.values():
-                results = predict_probs_batch(
-                    model, [arrays[i] for i in members], pad_size=pad_size, device=device, tta=tta,
-                    amp_dtype=amp_dtype,
-                )  # fmt: skip
-                for i, prob in zip(members, results, strict=True):
-                    _write_outputs(arrays[i], prob, batch[i][1], classes, crf)
-                    summary.written += 1
-                    advance()
-    return summary
+
+def _decode(
+    items: list[_Todo], summary: PredictSummary, report: Callable[[], None]
+) -> tuple[list[np.ndarray], list[_Todo]]:
+    """The decoded images and the items they belong to; unreadable ones go to ``summary.failed``."""
+    arrays, batch = [], []
+    for item in items:
+        try:
+            arrays.append(read_image(item[0].path))
+            batch.append(item)
+        except PipsegError as e:
+            summary.failed.append((str(item[0].path), str(e)))
+            report()
+    return arrays, batch
 
 
 SETTINGS_NAME = ".pipseg-predict.json"

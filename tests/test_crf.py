@@ -1,7 +1,11 @@
-"""DenseCRF against pydensecrf called directly, and the resumable parallel folder runner."""
+"""DenseCRF against pydensecrf called directly, the crf pseudo labels built on it, and the
+resumable parallel folder runner."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +15,13 @@ from PIL import Image
 from pydensecrf.utils import unary_from_softmax
 from typer.testing import CliRunner
 
-import pipseg.crf
+import pipseg.parallel
 from pipseg.cli import app
 from pipseg.config import CRFConfig
-from pipseg.crf import DenseCRF, crf_folder, load_probs, save_probs
+from pipseg.crf import DenseCRF, load_probs, save_probs
+from pipseg.crf.folder import crf_folder
 from pipseg.data.labels import read_label
+from pipseg.data.pseudo import MIN_KEEP, box_prior, crf_label
 
 C = 3
 
@@ -113,11 +119,12 @@ class BrokenPool:
 
 def test_crf_folder_falls_back_to_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     images, probs = make_folder(tmp_path, n=3)
-    monkeypatch.setattr(pipseg.crf, "ProcessPoolExecutor", BrokenPool)
+    monkeypatch.setattr(pipseg.parallel, "ProcessPoolExecutor", BrokenPool)
     warned = []
     summary = crf_folder(images, probs, tmp_path / "out", DenseCRF(), workers=2, on_warning=warned.append)
     assert summary.written == 3 and summary.workers == 1
     assert len(summary.warnings) == 1 and "no semaphores" in summary.warnings[0] and warned == summary.warnings
+    assert "\n" not in summary.warnings[0]
     for name in ("sub/im0", "im1", "im2"):
         np.testing.assert_array_equal(read_label(tmp_path / "out" / f"{name}.png"), expected_labels(images, probs, name))
 
@@ -133,3 +140,56 @@ def test_cli_crf(tmp_path: Path) -> None:
     )
     missing = CliRunner().invoke(app, ["crf", "--images", str(tmp_path / "nope"), "--probs", str(probs)])
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_crf_folder_fallback_warns_once_without_a_callback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, probs = make_folder(tmp_path, n=3)
+    monkeypatch.setattr(pipseg.parallel, "ProcessPoolExecutor", BrokenPool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the line goes to summary.warnings only, not also to warnings
+        summary = crf_folder(images, probs, tmp_path / "out", DenseCRF(), workers=2)
+    assert summary.written == 3 and len(summary.warnings) == 1
+
+
+def reference_crf_label(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """pydensecrf called directly on the box prior, then each box painted (largest first) with the
+    pixels whose winner is its label, or filled when it keeps less than MIN_KEEP of its area."""
+    h, w = image.shape[:2]
+    order = np.argsort(-(boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1), kind="stable")
+    boxes = boxes[order]
+    prior = box_prior(boxes, h, w)
+    d = dcrf.DenseCRF2D(w, h, len(prior))
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(prior)))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=120, srgb=5, rgbim=np.ascontiguousarray(image), compat=5)
+    winner = np.array(d.inference(10)).reshape(len(prior), h, w).argmax(0)
+    label = np.zeros((h, w), np.uint8)
+    for k, (x0, y0, x1, y1, cls) in enumerate(boxes.tolist()):
+        inside = winner[y0 : y1 + 1, x0 : x1 + 1] == 1 + k
+        region = label[y0 : y1 + 1, x0 : x1 + 1]
+        region[inside if inside.mean() >= MIN_KEEP else slice(None)] = cls
+    return label
+
+
+def test_crf_pseudo_labels_are_dense_crf_on_the_box_prior() -> None:
+    image, _ = scene(20, 40, 48)  # three colour regions; boxes that overshoot them
+    boxes = np.array([[10, 0, 47, 39, 1], [28, 18, 47, 39, 2], [0, 0, 3, 3, 1]], np.int64)
+    expected = reference_crf_label(image, boxes)
+    read_only = image.copy()
+    read_only.setflags(write=False)  # as images decoded by PIL come
+    got = crf_label(read_only, boxes)
+    np.testing.assert_array_equal(got, expected)
+    filled = np.zeros_like(expected)
+    for x0, y0, x1, y1, cls in boxes[np.argsort(-(boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1))]:
+        filled[y0 : y1 + 1, x0 : x1 + 1] = cls
+    assert (got != filled).any(), "the scene must let the CRF trim a box"
+    custom = crf_label(image, boxes, CRFConfig(iters=3, bilateral_srgb=20))
+    assert not np.array_equal(custom, got), "the crf settings reach DenseCRF"
+
+
+def test_crf_class_imports_light() -> None:
+    """pseudo labels use DenseCRF; the class must not pull in torch, the runner or pipseg.data."""
+    code = ("import sys, pipseg.crf, pipseg.data.pseudo; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('pipseg.crf.', 'pipseg.parallel'))))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,13 @@ import yaml
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from typer.testing import CliRunner
 
+import pipseg.parallel
 from pipseg.cli import app
 from pipseg.data.dataset import SegDataset
 from pipseg.data.labels import write_label
 from pipseg.data.synthetic import SYNTHETIC_CLASSES
 from pipseg.errors import PipsegError
-from pipseg.evaluate import evaluate_folders
-from pipseg.inference import evaluate_model
+from pipseg.evaluate import evaluate_folders, evaluate_model
 from pipseg.models import CHECKPOINT_FORMAT, build_model
 
 runner = CliRunner()
@@ -136,3 +137,25 @@ def test_cli_checkpoint_mode_with_crf(tmp_path: Path, synthetic_data_cfg) -> Non
 
     mismatch = runner.invoke(app, args[:2] + ["--checkpoint", str(tmp_path / "ckpt.pt"), "--set", "data.classes=[a,b]"])
     assert mismatch.exit_code == 2
+
+
+class BrokenPool:
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        raise PermissionError("no semaphores in this sandbox")
+
+
+def test_folders_fall_back_to_one_process_with_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pred_dir, gt_dir, preds, gts = make_pairs(tmp_path)
+    monkeypatch.setattr(pipseg.parallel, "ProcessPoolExecutor", BrokenPool)
+    warned: list[str] = []
+    seen: list[tuple[int, int]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the line goes to on_warning only
+        got = evaluate_folders(pred_dir, gt_dir, num_classes=C, workers=3, on_warning=warned.append,
+                               progress=lambda d, t: seen.append((d, t)))  # fmt: skip
+    assert got["miou"] == pytest.approx(torchmetrics_scores(preds, gts)["miou"], abs=1e-6)
+    assert len(warned) == 1 and "no semaphores" in warned[0] and "\n" not in warned[0]
+    assert seen[-1] == (len(SIZES), len(SIZES))
+    with pytest.warns(RuntimeWarning, match="no semaphores") as record:  # no callback: warnings.warn, once
+        evaluate_folders(pred_dir, gt_dir, num_classes=C, workers=3)
+    assert len(record) == 1

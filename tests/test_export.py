@@ -122,3 +122,35 @@ def test_failed_check_leaves_nothing(tmp_path: Path, tiny: torch.nn.Module, monk
     with pytest.raises(PipsegError, match="differs from PyTorch"):
         export.export_model(tiny, {"classes": CLASSES}, out, fmt="torchscript")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_sidecar_recipe_reproduces_predict(tmp_path: Path, tiny: torch.nn.Module) -> None:
+    from pipseg.inference import predict_probs
+
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({
+        "format": CHECKPOINT_FORMAT, "model": tiny.state_dict(), "model_name": tiny.name,
+        "num_classes": tiny.num_classes, "classes": CLASSES, "config": {"eval": {"pad_size": 65}},
+        "input_convention": tiny.input_convention.as_dict(), "iteration": 3,
+    }, ckpt)  # fmt: skip
+    out = tmp_path / "m.ts"
+    export_model(tiny, {"classes": CLASSES}, out, fmt="torchscript", check=False, source=ckpt)
+    meta = json.loads(sidecar_path(out).read_text())
+    recipe = meta["recipe"]
+    assert recipe["pad_size"] == 65 and "65x65" in meta["note"] and "513" not in meta["note"]
+
+    # Follow the sidecar by hand: pad bottom/right with pad_rgb, run the file, crop.
+    image = random_images(1, 40, 56, torch.float32, 7)[0]
+    padded = torch.tensor(recipe["pad_rgb"]).view(3, 1, 1).expand(3, 65, 65).clone()
+    padded[:, :40, :56] = image
+    module = torch.jit.load(str(out))
+    with torch.no_grad():
+        probs = module(padded[None])[0, :, :40, :56]
+    expected = predict_probs(tiny, image.to(torch.uint8), pad_size=65)
+    torch.testing.assert_close(probs, expected, atol=1e-4, rtol=0)
+    at_513 = predict_probs(tiny, image.to(torch.uint8), pad_size=513)
+    assert (at_513 - expected).abs().max() > 1e-3, "the recipe's pad size must matter for this image"
+
+    plain = export_model(tiny, {"classes": CLASSES}, tmp_path / "p.ts", fmt="torchscript", check=False)
+    assert plain["recipe"]["pad_size"] == 513  # no checkpoint: the paper's recipe

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,10 @@ from pipseg.cli import app
 from pipseg.config import VOC_CLASSES
 from pipseg.data.labels import read_label
 from pipseg.errors import PipsegError
-from pipseg.inference import evaluate_model, padded_size, predict_probs, predict_probs_batch
+from pipseg.evaluate import evaluate_model
+from pipseg.inference import checkpoint_pad_size, padded_size, predict_probs, predict_probs_batch
 from pipseg.models import CHECKPOINT_FORMAT, TORCHVISION_RGB, build_model
-from pipseg.predict import collect_inputs
+from pipseg.predict import collect_inputs, predict_files
 
 runner = CliRunner()
 CLASSES = ["background", "a", "b", "c"]
@@ -30,11 +32,11 @@ def tiny() -> torch.nn.Module:
     return model.eval()
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path) -> Path:
+def save_checkpoint(model: torch.nn.Module, path: Path, config: dict | None = None) -> Path:
     torch.save({
         "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_name": model.name,
         "num_classes": model.num_classes, "classes": CLASSES,
-        "input_convention": model.input_convention.as_dict(), "config": {}, "iteration": 7,
+        "input_convention": model.input_convention.as_dict(), "config": config or {}, "iteration": 7,
         "optimizer": {}, "scaler": None, "rng": {}, "best_miou": None, "metrics": None,
         "label_source": "box", "init": {"file": None, "sha256": None},
     }, path)  # fmt: skip
@@ -234,7 +236,7 @@ def test_authors_checkpoint_predicts(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_evaluate_model_shards_across_ranks(tiny: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipseg.inference
+    import pipseg.evaluate
     from pipseg.metrics import ConfusionMatrix
 
     rng = np.random.default_rng(7)
@@ -243,13 +245,13 @@ def test_evaluate_model_shards_across_ranks(tiny: torch.nn.Module, monkeypatch: 
     reduced: list[torch.Tensor] = []
     monkeypatch.setattr(ConfusionMatrix, "reduce_from_all_processes", lambda self: reduced.append(self.matrix.clone()))
     for rank in (0, 1):
-        monkeypatch.setattr(pipseg.inference, "_dist_rank_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(pipseg.evaluate, "_dist_rank_world", lambda rank=rank: (rank, 2))
         totals: list[int | None] = []
         evaluate_model(tiny, samples, num_classes=len(CLASSES), pad_size=65,
                        progress=lambda d, t, seen=totals: seen.append(t))  # fmt: skip
         share = 3 if rank == 0 else 2  # this rank's share of the 5 images
         assert totals == [share] * share
-    monkeypatch.setattr(pipseg.inference, "_dist_rank_world", lambda: (0, 1))
+    monkeypatch.setattr(pipseg.evaluate, "_dist_rank_world", lambda: (0, 1))
     full = ConfusionMatrix(len(CLASSES))
     for image, label, _ in samples:
         full.update(predict_probs(tiny, image, pad_size=65).argmax(0), torch.from_numpy(label))
@@ -268,3 +270,34 @@ def test_cli_predict_crf_is_dense_crf(tmp_path: Path, tiny: torch.nn.Module) -> 
     assert result.exit_code == 0, result.output
     expected = DenseCRF()(image, predict_probs(tiny, image, pad_size=65).numpy())
     np.testing.assert_array_equal(read_label(tmp_path / "o" / "im.png"), expected)
+
+
+def test_predict_pads_as_the_checkpoint_was_evaluated(tmp_path: Path, tiny: torch.nn.Module) -> None:
+    image = np.random.default_rng(9).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "im.png")
+    inputs = collect_inputs([tmp_path / "im.png"])
+    ckpt = save_checkpoint(tiny, tmp_path / "tiny.pt", config={"eval": {"pad_size": 65}})
+    at_65 = predict_probs(tiny, image, pad_size=65).argmax(0).numpy()
+    at_513 = predict_probs(tiny, image, pad_size=513).argmax(0).numpy()
+    assert (at_65 != at_513).any(), "the image must tell the two paddings apart"
+
+    predict_files(tiny, inputs, tmp_path / "o", checkpoint=ckpt)
+    np.testing.assert_array_equal(read_label(tmp_path / "o" / "im.png"), at_65)
+    assert json.loads((tmp_path / "o" / ".pipseg-predict.json").read_text())["pad_size"] == 65
+    # eval at the checkpoint's pad size scores predict's output as a perfect match
+    scores = evaluate_model(tiny, [(image, at_65, "im")], num_classes=len(CLASSES), pad_size=checkpoint_pad_size(ckpt))
+    assert scores["pixel_accuracy"] == 1.0
+
+    predict_files(tiny, inputs, tmp_path / "o513", checkpoint=ckpt, pad_size=513)  # told otherwise
+    np.testing.assert_array_equal(read_label(tmp_path / "o513" / "im.png"), at_513)
+    predict_files(tiny, inputs, tmp_path / "none")  # no checkpoint: the paper's 513
+    np.testing.assert_array_equal(read_label(tmp_path / "none" / "im.png"), at_513)
+
+
+def test_checkpoint_pad_size(tmp_path: Path, tiny: torch.nn.Module) -> None:
+    assert checkpoint_pad_size(save_checkpoint(tiny, tmp_path / "a.pt", {"eval": {"pad_size": 97}})) == 97
+    assert checkpoint_pad_size(save_checkpoint(tiny, tmp_path / "b.pt")) == 513  # no config recorded
+    torch.save({"fc8.weight": torch.zeros(2, 3, 1, 1)}, tmp_path / "state.pth")  # a bare state dict
+    assert checkpoint_pad_size(tmp_path / "state.pth") == 513
+    with pytest.raises(PipsegError, match=r"eval.pad_size is 'big'.*--pad-size"):
+        checkpoint_pad_size(save_checkpoint(tiny, tmp_path / "c.pt", {"eval": {"pad_size": "big"}}))

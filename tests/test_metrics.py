@@ -1,4 +1,4 @@
-"""ConfusionMatrix against torchmetrics and hand-counted cases."""
+"""ConfusionMatrix, confusion_counts and scores_from_matrix against torchmetrics and hand counts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from pipseg.metrics import ConfusionMatrix
+from pipseg.metrics import ConfusionMatrix, confusion_counts, scores_from_matrix
 
 
 def random_maps(seed: int, c: int, shape: tuple[int, ...], drop: tuple[int, ...] = ()):
@@ -170,3 +170,28 @@ def test_custom_ignore_index() -> None:
     cm = ConfusionMatrix(3, ignore_index=-1)
     cm.update(torch.tensor([0, 1, 2]), torch.tensor([0, -1, 2]))
     assert cm.matrix.sum().item() == 2
+
+
+def test_confusion_counts_by_hand_and_uint8_inputs() -> None:
+    pred = np.array([[0, 1, 2], [2, 2, 0]], np.uint8)
+    target = np.array([[0, 1, 1], [255, 2, 0]], np.uint8)  # uint8 labels as read from PNGs
+    counts = confusion_counts(pred, target, 3)
+    assert counts.dtype == np.int64 and counts.tolist() == [[2, 0, 0], [0, 1, 1], [0, 0, 1]]
+    target[1, 0] = 1
+    assert confusion_counts(pred, target, 3, ignore_index=0).tolist() == [[0, 0, 0], [0, 1, 2], [0, 0, 1]]
+
+
+@pytest.mark.parametrize(("seed", "c"), [(5, 4), (6, 21)])
+def test_numpy_counts_and_scores_match_torchmetrics(seed: int, c: int) -> None:
+    pred, target = random_maps(seed, c, (2, 40, 33))
+    counts = confusion_counts(pred.numpy().astype(np.uint8), target.numpy().astype(np.uint8), c)
+    naive = np.zeros((c, c), np.int64)
+    keep = target != 255
+    np.add.at(naive, (target[keep].numpy(), pred[keep].numpy()), 1)
+    np.testing.assert_array_equal(counts, naive)
+    ref = tm_scores(pred, target, c)
+    for matrix in (counts, torch.from_numpy(counts)):
+        got = scores_from_matrix(matrix)
+        for key in ("miou", "pixel_accuracy", "mean_accuracy"):
+            assert got[key] == pytest.approx(float(ref[key]), rel=1e-6), key
+        assert got["iou"] == pytest.approx(ref["iou"].tolist(), rel=1e-6)

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipseg.errors import PipsegError
 
@@ -38,8 +39,13 @@ WorkersOpt = Annotated[
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``message`` (one line per problem) to stderr and return the Exit to raise."""
     for line in str(message).splitlines() or [""]:
-        err_console.print(f"[bold red]error:[/] {line}", markup=True, highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code=code)
+
+
+def warn(message: str) -> None:
+    """Print one warning line to stderr (the library's ``on_warning`` callbacks)."""
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @contextmanager

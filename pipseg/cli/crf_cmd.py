@@ -28,7 +28,8 @@ def crf(
 ) -> None:
     """Refine saved probabilities with DenseCRF (resumable, all cores)."""
     from pipseg.config import load_config
-    from pipseg.crf import DenseCRF, crf_folder
+    from pipseg.crf import DenseCRF
+    from pipseg.crf.folder import crf_folder
 
     with user_errors():
         cfg = load_config(config, overrides)

@@ -17,6 +17,7 @@ from pipseg.cli._common import (
     progress_bar,
     require_checkpoint,
     user_errors,
+    warn,
 )
 from pipseg.errors import PipsegError
 
@@ -112,7 +113,8 @@ def _eval_folders(
     ids = read_id_list(id_list) if id_list is not None else None
     with progress_bar("eval") as update:
         return evaluate_folders(
-            pred, gt, ids=ids, num_classes=num_classes, crop_padded=crop_padded, workers=workers, progress=update
+            pred, gt, ids=ids, num_classes=num_classes, crop_padded=crop_padded, workers=workers, progress=update,
+            on_warning=warn,
         )
 
 

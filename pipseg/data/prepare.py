@@ -25,7 +25,6 @@ import numpy as np
 
 from pipseg import __version__
 from pipseg.config import VOC_CLASSES, CRFConfig, DataConfig
-from pipseg.crf import default_workers, pool_context
 from pipseg.data.images import image_size
 from pipseg.data.labels import IGNORE_INDEX, read_label, write_label
 from pipseg.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, load_manifest
@@ -33,6 +32,7 @@ from pipseg.data.pseudo import PSEUDO_KINDS, make_pseudo
 from pipseg.data.voc import class_lookup, read_voc_boxes
 from pipseg.errors import PipsegError
 from pipseg.io import atomic_write_json, atomic_write_text
+from pipseg.parallel import default_workers, pool_context
 
 __all__ = ["PrepareError", "PrepareReport", "SourceReport", "load_manifest", "prepare_dataset"]
 
@@ -233,7 +233,7 @@ def _check_one(
 
 def miou_from_confusion(confusion: np.ndarray) -> float:
     """mIoU of a ``[C, C]`` confusion matrix (rows = target), scored like `pipseg eval`."""
-    from pipseg.evaluate import scores_from_matrix
+    from pipseg.metrics import scores_from_matrix
 
     return float(scores_from_matrix(confusion)["miou"])
 

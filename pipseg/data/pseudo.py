@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from pipseg.config import CRFConfig
+from pipseg.crf import DenseCRF
 
 PSEUDO_KINDS: tuple[str, ...] = ("box", "grabcut", "crf")
 MIN_KEEP = 0.15  # GrabCut/CRF results keeping less of a box than this fall back to the filled box
@@ -93,29 +94,18 @@ def box_prior(boxes: np.ndarray, height: int, width: int, eps: float = 1e-3) -> 
 
 
 def crf_label(image: np.ndarray, boxes: np.ndarray, crf: CRFConfig | None = None) -> np.ndarray:
-    """DenseCRF over the box prior (`box_prior`), with the kernels of PIP.md section 4.
+    """`DenseCRF` (PIP.md section 4 kernels, ``crf`` settings) over the box prior (`box_prior`).
 
     Labels are background plus one per box; after inference a pixel keeps a box's class only
     inside that box, and a box that keeps less than `MIN_KEEP` of its area is filled.
     """
-    import pydensecrf.densecrf as dcrf  # C extension: imported where it is used
-
-    crf = crf or CRFConfig()
     h, w = image.shape[:2]
     label = np.zeros((h, w), np.uint8)
     if len(boxes) == 0:
         return label
     boxes = _largest_first(boxes)
-    probs = box_prior(boxes, h, w)
-    model = dcrf.DenseCRF2D(w, h, probs.shape[0])
-    model.setUnaryEnergy(np.ascontiguousarray(-np.log(probs).reshape(probs.shape[0], -1)))
-    model.addPairwiseGaussian(sxy=crf.gauss_sxy, compat=crf.gauss_weight)
-    model.addPairwiseBilateral(
-        sxy=crf.bilateral_sxy, srgb=crf.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image, dtype=np.uint8), compat=crf.bilateral_weight,
-    )  # fmt: skip
-    q = np.asarray(model.inference(crf.iters), np.float32).reshape(-1, h, w)
-    winner = q.argmax(0)
+    refined = DenseCRF.from_config(crf or CRFConfig()).refine(image, box_prior(boxes, h, w))
+    winner = refined.argmax(0)  # not DenseCRF's uint8 labels: there may be more than 255 boxes
     for k, box in enumerate(boxes.tolist()):
         x0, y0, x1, y1, _ = box
         _paint(label, box, winner[y0 : y1 + 1, x0 : x1 + 1] == 1 + k)

@@ -50,7 +50,7 @@ from pipseg.engine.distributed import (
     reduce_mean,
 )
 from pipseg.errors import PipsegError
-from pipseg.inference import evaluate_model
+from pipseg.evaluate import evaluate_model
 from pipseg.io import atomic_write_json, atomic_write_text, file_digest
 from pipseg.losses import build_loss, to_logit_grid
 from pipseg.models import (
