@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -122,4 +123,4 @@ def prepare(
 
 def _warn(lines: list[str]) -> None:
     for line in lines:
-        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

@@ -166,7 +166,7 @@ class BoxCleaner:
         """Keep one box (see the class docstring)."""
         left, top, right, bottom = edges
         x0, y0, x1, y1 = round(left), round(top), round(right) - 1, round(bottom) - 1
-        shown = f"{where} [{left:g}, {top:g}, {right:g}, {bottom:g}]"
+        shown = f"{where} edges ({left:g}, {top:g}, {right:g}, {bottom:g})"
         if x1 < x0 or y1 < y0:
             self.skipped.append(f"{shown}: empty or inverted")
             return

@@ -177,7 +177,7 @@ def _read_objects(
             continue
         if not (isinstance(bbox, list) and len(bbox) == 4
                 and all(isinstance(v, (int, float)) for v in bbox)):  # fmt: skip
-            result.problems.append(f"{where}: 'bbox' must be [x, y, width, height]")
+            result.problems.append(f"{where}: 'bbox' must be four numbers: x, y, width, height")
             continue
         cls, name = category[ann["category_id"]]
         cls = IGNORE_INDEX if crowd else cls

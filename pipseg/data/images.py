@@ -53,7 +53,8 @@ def _read_with_pillow(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            return np.ascontiguousarray(to_rgb_uint8(img))
+            # Writable and contiguous, as OpenCV gives it (GrabCut and DenseCRF write or need both).
+            return np.require(to_rgb_uint8(img), requirements=["C", "W"])
     except FileNotFoundError:
         raise PipsegError(f"{path}: image not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
