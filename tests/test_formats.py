@@ -393,3 +393,29 @@ def test_unknown_class_error_names_prepare_flags(tmp_path: Path) -> None:
         prepare_dataset(root, classes=["disc"], workers=1)
     assert info.value.report.unknown > 0
     assert not (root / "pipseg/manifest.json").exists()
+
+
+def test_val_annotations_file_matches_categories_by_name(three_formats: Path, tmp_path: Path) -> None:
+    doc = json.loads((three_formats / "boxes.json").read_text())
+    val_ids = {img["id"] for img in doc["images"][6:]}
+    train = {**doc, "images": doc["images"][:6],
+             "annotations": [a for a in doc["annotations"] if a["image_id"] not in val_ids]}  # fmt: skip
+    renumber = {c["id"]: 500 - c["id"] for c in doc["categories"]}  # other ids, same names
+    val = {"images": doc["images"][6:],
+           "categories": [{**c, "id": renumber[c["id"]]} for c in doc["categories"]],
+           "annotations": [{**a, "category_id": renumber[a["category_id"]]}
+                           for a in doc["annotations"] if a["image_id"] in val_ids]}  # fmt: skip
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "val.json").write_text(json.dumps(val))
+    report = prepare_dataset(images=three_formats / "VOC/JPEGImages", annotations=tmp_path / "train.json",
+                             val_annotations=tmp_path / "val.json", out=tmp_path / "out",
+                             classes=list(OBJECTS), workers=1)  # fmt: skip
+    assert report.splits["val"] == ["syn_00006", "syn_00007"] and len(report.splits["train"]) == 6
+    assert report.split_rule == "--val-annotations"
+    boxes = json.loads((tmp_path / "out/annotations.json").read_text())["images"]
+    for i in (0, 7):
+        np.testing.assert_array_equal(np.array(boxes[f"syn_{i:05d}"]["boxes"]).reshape(-1, 5),
+                                      render_sample(SEED, i, SIZE)[2])  # fmt: skip
+    with pytest.raises(PipsegError, match="--val-annotations or --val-fraction, not both"):
+        prepare_dataset(images=three_formats / "VOC/JPEGImages", annotations=tmp_path / "train.json",
+                        val_annotations=tmp_path / "val.json", out=tmp_path / "o2", val_fraction=0.2)  # fmt: skip

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -13,8 +13,6 @@ from rich.table import Table
 from pipseg.cli._common import console, err_console, fail, user_errors
 from pipseg.data.annotations import load_class_names
 from pipseg.data.prepare import DEFAULT_VOC_ROOT, PrepareError, PrepareReport, prepare_dataset
-
-PathOption = Annotated[Path | None, typer.Option()]
 
 
 def report_table(report: PrepareReport) -> Table:
@@ -87,38 +85,42 @@ def prepare(
     with user_errors():
         if voc_root is None and images is None and annotations is None:
             voc_root = DEFAULT_VOC_ROOT
-        names = load_class_names(classes) if classes is not None else None
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
-        ) as bar:  # fmt: skip
-            tasks: dict[str, int] = {}
-
-            def on_progress(stage: str, done: int, total: int) -> None:
-                if total <= 0:
-                    return
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=total)
-                bar.update(tasks[stage], completed=done, total=total)
-
-            try:
-                report = prepare_dataset(
-                    voc_root, images=images, annotations=annotations, val_images=val_images,
-                    val_annotations=val_annotations, masks=masks, annotation_format=format,
-                    val_fraction=val_fraction, seed=seed, out=out,
-                    pseudo=[k.strip() for k in pseudo.split(",") if k.strip()],
-                    sbd_root=sbd_root, sdi=sdi, wssl=wssl, workers=workers, classes=names,
-                    skip_unknown=skip_unknown, strict_boxes=strict_boxes, discover=discover,
-                    progress=on_progress,
-                )  # fmt: skip
-            except PrepareError as e:
-                bar.stop()
-                console.print(report_table(e.report))
-                _warn(e.report.warnings)
-                raise fail(str(e)) from None
+        report = _run_with_progress(
+            voc_root, images=images, annotations=annotations, val_images=val_images,
+            val_annotations=val_annotations, masks=masks, annotation_format=format,
+            val_fraction=val_fraction, seed=seed, out=out,
+            pseudo=[k.strip() for k in pseudo.split(",") if k.strip()],
+            sbd_root=sbd_root, sdi=sdi, wssl=wssl, workers=workers,
+            classes=load_class_names(classes) if classes is not None else None,
+            skip_unknown=skip_unknown, strict_boxes=strict_boxes, discover=discover,
+        )  # fmt: skip
         console.print(report_table(report))
         _warn(report.warnings)
         console.print(f"wrote {report.manifest_path}")
+
+
+def _run_with_progress(voc_root: Path | None, **kwargs: Any) -> PrepareReport:
+    """`prepare_dataset` under a progress bar; on a `PrepareError`, the table so far first."""
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if total <= 0:
+                return
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            return prepare_dataset(voc_root, progress=on_progress, **kwargs)
+        except PrepareError as e:
+            bar.stop()
+            console.print(report_table(e.report))
+            _warn(e.report.warnings)
+            raise fail(str(e)) from None
 
 
 def _warn(lines: list[str]) -> None:

@@ -166,6 +166,9 @@ class BoxCleaner:
         """Keep one box (see the class docstring)."""
         left, top, right, bottom = edges
         x0, y0, x1, y1 = round(left), round(top), round(right) - 1, round(bottom) - 1
+        if 0 <= x0 <= x1 < width and 0 <= y0 <= y1 < height:  # the usual case, nothing to log
+            self._rows.append((x0, y0, x1, y1, cls))
+            return
         shown = f"{where} edges ({left:g}, {top:g}, {right:g}, {bottom:g})"
         if x1 < x0 or y1 < y0:
             self.skipped.append(f"{shown}: empty or inverted")
@@ -174,8 +177,7 @@ class BoxCleaner:
         if cx1 < cx0 or cy1 < cy0:
             self.skipped.append(f"{shown}: outside the {width}x{height} image")
             return
-        if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1):
-            self.clipped.append(f"{shown}: past the edge of the {width}x{height} image")
+        self.clipped.append(f"{shown}: past the edge of the {width}x{height} image")
         self._rows.append((cx0, cy0, cx1, cy1, cls))
 
     def boxes(self) -> np.ndarray:

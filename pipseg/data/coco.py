@@ -169,15 +169,20 @@ def _read_objects(
     width, height = size
     segments: list[tuple[int, Any]] | None = []
     for k, ann in anns:
-        where = f"{path}: annotation {ann.get('id', k)}"
-        crowd = bool(ann.get("iscrowd", 0))
-        bbox = ann.get("bbox")
+        crowd, bbox, seg = bool(ann.get("iscrowd", 0)), ann.get("bbox"), ann.get("segmentation")
         if ann.get("category_id") not in category:
-            result.problems.append(f"{where}: category id {ann.get('category_id')!r} is not listed")
+            result.problems.append(
+                f"{_where(path, ann, k)}: category id {ann.get('category_id')!r} is not listed"
+            )
             continue
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) for v in bbox)):  # fmt: skip
-            result.problems.append(f"{where}: 'bbox' must be four numbers: x, y, width, height")
+        try:
+            if not isinstance(bbox, list):
+                raise TypeError
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            result.problems.append(
+                f"{_where(path, ann, k)}: 'bbox' must be four numbers: x, y, width, height"
+            )
             continue
         cls, name = category[ann["category_id"]]
         cls = IGNORE_INDEX if crowd else cls
@@ -185,24 +190,27 @@ def _read_objects(
             result.unknown += 1
             if not skip_unknown:
                 result.problems.append(
-                    f"{where}: category '{name}' is not in --classes; add it to "
+                    f"{_where(path, ann, k)}: category '{name}' is not in --classes; add it to "
                     "the --classes file or pass --skip-unknown"
                 )
             cls = IGNORE_INDEX  # its pixels are ignore in the ground truth, not background
         else:
-            x, y, w, h = (float(v) for v in bbox)
-            cleaner.add(where, cls, (x, y, x + w, y + h), width, height)
-        seg = ann.get("segmentation")
+            cleaner.add(_where(path, ann, k), cls, (x, y, x + w, y + h), width, height)
         if seg and not _segmentation_ok(seg, height, width):
-            result.problems.append(f"{where}: 'segmentation' is neither polygons nor an RLE of this image")
+            result.problems.append(
+                f"{_where(path, ann, k)}: 'segmentation' is neither polygons nor an RLE of this image"
+            )
         elif seg and segments is not None:
             segments.append((int(cls), seg))
         elif crowd and segments is not None:
-            x, y, w, h = (float(v) for v in bbox)
             segments.append((IGNORE_INDEX, [[x, y, x + w, y, x + w, y + h, x, y + h]]))
         elif cls != IGNORE_INDEX:
             segments = None
     return tuple(segments) if segments is not None else None
+
+
+def _where(path: Path, ann: dict[str, Any], k: int) -> str:
+    return f"{path}: annotation {ann.get('id', k)}"
 
 
 def coco_label(segments: Sequence[tuple[int, Any]], height: int, width: int) -> np.ndarray:

@@ -130,7 +130,7 @@ def resolve_inputs(
         raise PipsegError(f"--format: unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
     inputs = DatasetInputs(
         format=fmt, out=out_dir, val_annotations=_path(val_annotations),
-        val_images=_path(val_images or (images if val_annotations is not None else None)),
+        val_images=_path(val_images) or (parts["images"] if val_annotations is not None else None),
         voc_root=root, **parts, **given,  # type: ignore[arg-type]
     )  # fmt: skip
     _check_exist(inputs)

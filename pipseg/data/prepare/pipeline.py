@@ -61,7 +61,8 @@ def prepare_dataset(
     )  # fmt: skip
     if val_fraction is not None and inputs.val_annotations is not None:
         raise PipsegError("prepare: pass --val-annotations or --val-fraction, not both")
-    lists = read_split_lists(inputs) if val_fraction is None else None
+    given_split = val_fraction is not None or inputs.val_annotations is not None
+    lists = None if given_split else read_split_lists(inputs)
     ids = list(dict.fromkeys(lists.train_aug + lists.train + lists.val)) if lists else None
     ann, val_ids = read_dataset(inputs, classes, skip_unknown=skip_unknown, ids=ids, progress=progress)
     report = PrepareReport(
