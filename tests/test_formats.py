@@ -419,3 +419,15 @@ def test_val_annotations_file_matches_categories_by_name(three_formats: Path, tm
     with pytest.raises(PipsegError, match="--val-annotations or --val-fraction, not both"):
         prepare_dataset(images=three_formats / "VOC/JPEGImages", annotations=tmp_path / "train.json",
                         val_annotations=tmp_path / "val.json", out=tmp_path / "o2", val_fraction=0.2)  # fmt: skip
+
+
+def test_moved_voc_dataset_resolves_through_data_root(tmp_path: Path) -> None:
+    root = _voc(tmp_path)
+    prepare_dataset(root, classes=SYNTHETIC_CLASSES, pseudo=["box"], workers=1)
+    moved = root.rename(tmp_path / "moved")
+    cfg = SimpleNamespace(prepared_dir=moved / "pipseg", root=moved, classes=None, crop_size=16,
+                          scales=[1.0], flip=False)  # fmt: skip
+    ds = SegDataset(cfg, "val", "gt", train=False)  # type: ignore[arg-type]
+    assert ds.images[0].path.is_relative_to(moved) and ds.label_paths[0].is_relative_to(moved)
+    image, label, _ = ds.load(0)
+    assert image.shape[:2] == label.shape == (32, 40)

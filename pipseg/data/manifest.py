@@ -23,8 +23,8 @@ Layout of ``<prepared>/manifest.json`` (format ``pipseg-prepared-v2``)::
     }
 
 A ``<folder>`` is ``{"base": "voc" | "prepared" | "absolute", "path": "<path>"}``: ``voc`` is
-relative to the VOC root (the config's ``data.root`` when that folder exists, else
-``voc_root``), ``prepared`` to the prepared folder, so both still resolve after a move.
+relative to the VOC root (``voc_root`` while it exists, else the config's ``data.root``),
+``prepared`` to the prepared folder, so both still resolve after a move.
 Label sources: ``gt`` (ground truth; optional per image), ``box``/``grabcut``/``crf``
 (``prepared:pseudo/<kind>``), ``sdi``/``wssl`` (``prepared:labels/<kind>``); a source's
 folders are searched in order for ``<id>.png``.
@@ -108,15 +108,12 @@ def read_split(prepared_dir: str | Path, manifest: dict[str, Any], split: str) -
 def folder_bases(
     manifest: dict[str, Any], prepared_dir: Path, voc_root: Path | None = None
 ) -> dict[str, Path]:
-    """Where the bases of the manifest's folders are: ``voc_root`` when it is a folder (a moved
-    dataset), else the recorded one; ``prepared_dir``."""
-    recorded = manifest.get("voc_root")
-    voc = voc_root.expanduser() if voc_root is not None and voc_root.expanduser().is_dir() else None
-    return {
-        "voc": voc or Path(recorded or "."),
-        "prepared": Path(prepared_dir).expanduser(),
-        "absolute": Path("/"),
-    }
+    """Where the bases of the manifest's folders are: the recorded VOC root while it exists, else
+    ``voc_root`` (the config's ``data.root``: the dataset was moved); ``prepared_dir``."""
+    recorded = Path(manifest["voc_root"]) if manifest.get("voc_root") else None
+    if recorded is None or (not recorded.is_dir() and voc_root is not None):
+        recorded = voc_root.expanduser() if voc_root is not None else Path(".")
+    return {"voc": recorded, "prepared": Path(prepared_dir).expanduser(), "absolute": Path("/")}
 
 
 def resolve_folder(entry: dict[str, str], bases: dict[str, Path]) -> Path:
