@@ -47,7 +47,7 @@ def report_table(report: PrepareReport) -> Table:
 def prepare(
     voc_root: Annotated[Path | None, typer.Option(
         "--voc-root", help=f"VOC folder (JPEGImages, Annotations, optional SegmentationClass and "
-        f"ImageSets/Segmentation); the default without --images [default: {DEFAULT_VOC_ROOT}]",
+        f"ImageSets/Segmentation); without --images it defaults to {DEFAULT_VOC_ROOT}.",
         show_default=False)] = None,
     images: Annotated[Path | None, typer.Option(help="Folder of images (jpg, png, bmp, webp).")] = None,
     annotations: Annotated[Path | None, typer.Option(
@@ -57,7 +57,7 @@ def prepare(
     val_images: Annotated[Path | None, typer.Option(help="Folder of the val images (default --images).")] = None,
     val_fraction: Annotated[float | None, typer.Option(
         help="Share of the images with masks (of all, when none has one) for val, when the "
-        "dataset has no split lists [default: 0.1].", show_default=False)] = None,
+        "dataset has no split lists (default 0.1).", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the --val-fraction split.")] = 0,
     masks: Annotated[Path | None, typer.Option(
         help="Folder of ground-truth label PNGs named <image id>.png (optional; any subset).")] = None,
