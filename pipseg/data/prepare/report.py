@@ -68,9 +68,9 @@ class PrepareError(PipsegError):
 
 
 def summary(problems: list[str], what: str, where: Path, hint: str = "") -> str:
-    """One line: ``<where>: <count> <what>: <first few, paths below where shortened> (+N more);
-    <hint>``."""
-    prefix = f"{where}/"
-    shown = [p[len(prefix) :] if p.startswith(prefix) else p for p in problems]
+    """One line: ``<where>: <count> <what>: <first few> (+N more); <hint>``, paths below the
+    dataset's folder shortened so the line stays a few hundred characters."""
+    base = where if where.is_dir() else where.parent
+    shown = [p.replace(f"{base}/", "") for p in problems]
     hint = hint or "fix them and run `pipseg prepare` again"
     return f"{where}: {len(problems)} {what}: {first_few(shown)}; {hint}"
