@@ -22,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipseg.config import DataConfig
-from pipseg.data.dataset import SegDataset, collate_batch, decode_image
+from pipseg.data.dataset import SegDataset, collate_batch
+from pipseg.data.images import read_image
 from pipseg.data.prepare import prepare_dataset
 from pipseg.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
 
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def decode_only() -> int:
         for p in paths:
-            decode_image(p)
+            read_image(p)
         return len(paths)
 
     def in_process() -> int:

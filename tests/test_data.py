@@ -369,3 +369,53 @@ def test_label_class_out_of_range_names_the_file(synthetic_data_cfg):
     finally:
         write_label(path, original)
     assert np.array_equal(read_label(path), original)
+
+
+# ------------------------------------------------------------------- common annotation form
+
+
+def test_box_cleaner_rounds_edges_clips_and_skips() -> None:
+    from pipseg.data.annotations import BoxCleaner
+
+    clipped, skipped = [], []
+    cleaner = BoxCleaner(clipped, skipped)
+    cleaner.add("a", 1, (3, 4, 6, 9), 10, 10)  # pixels 3..5 x 4..8
+    cleaner.add("b", 2, (2.6, 0.4, 7.4, 3.6), 10, 10)  # rounds to edges 3, 0, 7, 4
+    cleaner.add("c", 3, (-5, 8, 12, 14), 10, 10)  # past the edge: clipped
+    cleaner.add("d", 4, (5, 5, 5, 9), 10, 10)  # empty
+    cleaner.add("e", 5, (12, 1, 15, 3), 10, 10)  # wholly outside
+    np.testing.assert_array_equal(
+        cleaner.boxes(), [[3, 4, 5, 8, 1], [3, 0, 6, 3, 2], [0, 8, 9, 9, 3]]
+    )
+    assert [c.split(" ")[0] for c in clipped] == ["c"]
+    assert [s.split(" ")[0] for s in skipped] == ["d", "e"]
+    assert "empty or inverted" in skipped[0] and "outside the 10x10 image" in skipped[1]
+    assert cleaner.boxes().shape == (0, 5)
+
+
+def test_index_images_any_extension_and_duplicates(tmp_path: Path) -> None:
+    from pipseg.data.images import index_images
+
+    for name in ("a.JPG", "b.png", "c.webp", "c.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found, problems = index_images(tmp_path)
+    assert sorted(found) == ["a", "b", "c"] and found["a"].name == "a.JPG"
+    assert len(problems) == 1 and "a second image for 'c'" in problems[0]
+
+
+def test_voc_folder_default_classes(tmp_path: Path) -> None:
+    from pipseg.data.voc import read_voc_folder
+
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "img").mkdir()
+    (tmp_path / "ann/x.xml").write_text(_xml(_obj("Dog", 1, 1, 5, 5) + _obj("cat", 2, 2, 6, 6)))
+    (tmp_path / "img/x.png").write_bytes(b"")
+    voc = read_voc_folder(tmp_path / "ann", tmp_path / "img", None)
+    assert voc.classes == list(VOC_CLASSES) and not voc.problems
+    (tmp_path / "ann/y.xml").write_text(_xml(_obj("zebra", 1, 1, 5, 5)))
+    (tmp_path / "img/y.png").write_bytes(b"")
+    own = read_voc_folder(tmp_path / "ann", tmp_path / "img", None)
+    assert own.classes == ["background", "cat", "Dog", "zebra"]
+    np.testing.assert_array_equal(own.records["x"].boxes[:, 4], [2, 1])
+    named = read_voc_folder(tmp_path / "ann", tmp_path / "img", ["cat"], skip_unknown=True)
+    assert named.unknown == 2 and named.records["y"].boxes.shape == (0, 5)

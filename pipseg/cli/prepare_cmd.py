@@ -1,131 +1,128 @@
-"""`pipseg prepare`: check a VOC dataset, build pseudo labels and splits, write the manifest."""
+"""`pipseg prepare`: check a box-annotated dataset, build pseudo labels and splits, write the manifest."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipseg.cli._common import console, fail, user_errors
-from pipseg.data.prepare import (
-    DEFAULT_VOC_ROOT,
-    PrepareError,
-    PrepareReport,
-    discover_sources,
-    prepare_dataset,
-)
-from pipseg.errors import PipsegError
-
-
-def _classes_file(path: Path | None) -> list[str] | None:
-    if path is None:
-        return None
-    try:
-        names = [
-            line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
-    except OSError as e:
-        raise PipsegError(f"{path}: cannot read the class list ({e})") from None
-    if len(names) < 2:
-        raise PipsegError(
-            f"{path}: a class list needs background plus at least one class, one per line"
-        )
-    return names
+from pipseg.cli._common import console, err_console, fail, user_errors
+from pipseg.data.annotations import load_class_names
+from pipseg.data.prepare import DEFAULT_VOC_ROOT, PrepareError, PrepareReport, prepare_dataset
 
 
 def report_table(report: PrepareReport) -> Table:
     """The summary table: label maps per source and split, missing ones, mIoU against GT."""
     splits = list(report.splits)
-    table = Table(title=f"{report.voc_root} -> {report.out_dir}")
+    table = Table(title=f"{report.where} -> {report.out_dir}")
     table.add_column("source")
     for split in splits:
         table.add_column(f"{split} ({len(report.splits[split])})", justify="right")
     table.add_column("missing", justify="right")
     table.add_column("new files", justify="right")
-    table.add_column("mIoU vs GT (train)", justify="right")
+    table.add_column("mIoU vs GT", justify="right")
     table.add_row("images", *[str(len(report.splits[s])) for s in splits], "", "", "")
     for kind, source in report.sources.items():
-        miou = source.miou.get("train")
+        scored = next(iter(source.miou.items()), None)
         table.add_row(
             kind,
-            *[str(source.counts.get(s, "?")) if s in source.for_splits else "-" for s in splits],
-            str(len(source.missing_ids)) if source.missing else "-",
+            *[str(source.counts.get(s, "?")) for s in splits],
+            str(len(source.missing_ids)) if source.for_splits and source.missing else "-",
             str(source.written),
-            f"{100 * miou:.1f}" if miou is not None else "",
+            f"{100 * scored[1]:.1f} ({scored[0]})" if scored else "",
         )
-    notes = [f"images {report.images}, annotations {report.annotations}"]
-    if report.skipped_objects:
-        notes.append(f"{report.skipped_objects} objects of unknown classes skipped")
+    notes = [f"{report.format} boxes: {report.images} images, {report.objects} boxes"]
+    if report.crowd:
+        notes.append(f"{report.crowd} crowd regions (ignore)")
+    if report.unknown:
+        notes.append(f"{report.unknown} objects of unknown classes skipped")
     table.caption = "; ".join(notes + report.notes)
     return table
 
 
 def prepare(
-    voc_root: Annotated[
-        Path, typer.Option("--voc-root", help="VOC2012 folder (JPEGImages, Annotations, ...).")
-    ] = DEFAULT_VOC_ROOT,
-    pseudo: Annotated[
-        str, typer.Option(help="Pseudo labels to make from boxes: box,grabcut,crf.")
-    ] = "",
-    out: Annotated[
-        Path | None, typer.Option(help="Output folder (default <voc-root>/pipseg).")
-    ] = None,
-    sbd_root: Annotated[
-        Path | None,
-        typer.Option("--sbd-root", help="SBD folder holding benchmark_RELEASE (adds train_aug)."),
-    ] = None,
+    voc_root: Annotated[Path | None, typer.Option(
+        "--voc-root", help=f"VOC folder (JPEGImages, Annotations, optional SegmentationClass and "
+        f"ImageSets/Segmentation); without --images it defaults to {DEFAULT_VOC_ROOT}.",
+        show_default=False)] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of images (jpg, png, bmp, webp).")] = None,
+    annotations: Annotated[Path | None, typer.Option(
+        help="Boxes: a COCO instances .json, or a folder of YOLO .txt or VOC .xml files.")] = None,
+    val_annotations: Annotated[Path | None, typer.Option(
+        help="Boxes of the val images (same format); else --val-fraction splits.")] = None,
+    val_images: Annotated[Path | None, typer.Option(help="Folder of the val images (default --images).")] = None,
+    val_fraction: Annotated[float | None, typer.Option(
+        help="Share of the images with masks (of all, when none has one) for val, when the "
+        "dataset has no split lists (default 0.1).", show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the --val-fraction split.")] = 0,
+    masks: Annotated[Path | None, typer.Option(
+        help="Folder of ground-truth label PNGs named <image id>.png (optional; any subset).")] = None,
+    format: Annotated[str | None, typer.Option(
+        "--format", help="coco, yolo or voc (default: detected from --annotations).")] = None,
+    classes: Annotated[Path | None, typer.Option(
+        help="Class names: a text file (one per line) or a YOLO data.yaml; background is class 0.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default <voc-root>/pipseg; required with --images).")] = None,
+    pseudo: Annotated[str, typer.Option(help="Pseudo labels to make from boxes: box,grabcut,crf.")] = "",
+    sbd_root: Annotated[Path | None, typer.Option(
+        "--sbd-root", help="SBD folder holding benchmark_RELEASE (adds train_aug).")] = None,
     sdi: Annotated[Path | None, typer.Option(help="Folder of SDI (M&G+) label PNGs.")] = None,
-    wssl: Annotated[
-        Path | None, typer.Option(help="Folder of WSSL SegmentationClassBboxCRF PNGs.")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes (default: all cores).")
-    ] = None,
-    classes: Annotated[
-        Path | None, typer.Option(help="Text file of class names, one per line, background first.")
-    ] = None,
-    skip_unknown: Annotated[
-        bool, typer.Option("--skip-unknown", help="Skip objects of classes not in the list (counted).")
-    ] = False,
-    discover: Annotated[
-        bool,
-        typer.Option(help="Use SBD/WSSL/SDI found in the `pipseg download` layout when not given."),
-    ] = True,
-) -> None:
-    """Check a VOC-layout dataset and build splits, pseudo labels and the manifest training reads."""
+    wssl: Annotated[Path | None, typer.Option(help="Folder of WSSL SegmentationClassBboxCRF PNGs.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: all cores).")] = None,
+    skip_unknown: Annotated[bool, typer.Option(
+        "--skip-unknown", help="Skip objects of classes not in --classes (counted).")] = False,
+    strict_boxes: Annotated[bool, typer.Option(
+        "--strict-boxes", help="Refuse boxes past the image edge or empty, instead of clipping "
+        "and skipping them.")] = False,
+    discover: Annotated[bool, typer.Option(
+        help="Use SBD/WSSL/SDI found in the `pipseg download` layout when not given.")] = True,
+) -> None:  # fmt: skip
+    """Check a box-annotated dataset and build splits, pseudo labels and the manifest training reads."""
     with user_errors():
-        kinds = [k.strip() for k in pseudo.split(",") if k.strip()]
-        names = _classes_file(classes)
-        given = {"sbd_root": sbd_root, "sdi": sdi, "wssl": wssl}
-        found = discover_sources(voc_root) if discover else {}
-        for key, path in found.items():
-            if given[key] is None:
-                given[key] = path
-                console.print(f"[dim]using {path} for --{key.replace('_', '-')} (download layout)[/]")
-        sbd_root, sdi, wssl = given["sbd_root"], given["sdi"], given["wssl"]
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=console, transient=True,
-        ) as bar:  # fmt: skip
-            tasks: dict[str, int] = {}
-
-            def on_progress(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = bar.add_task(stage, total=total)
-                bar.update(tasks[stage], completed=done, total=total)
-
-            try:
-                report = prepare_dataset(
-                    voc_root, out=out, pseudo=kinds, sbd_root=sbd_root, sdi=sdi, wssl=wssl,
-                    workers=workers, classes=names, skip_unknown=skip_unknown,
-                    progress=on_progress,
-                )  # fmt: skip
-            except PrepareError as e:
-                bar.stop()
-                console.print(report_table(e.report))
-                raise fail(str(e)) from None
+        if voc_root is None and images is None and annotations is None:
+            voc_root = DEFAULT_VOC_ROOT
+        report = _run_with_progress(
+            voc_root, images=images, annotations=annotations, val_images=val_images,
+            val_annotations=val_annotations, masks=masks, annotation_format=format,
+            val_fraction=val_fraction, seed=seed, out=out,
+            pseudo=[k.strip() for k in pseudo.split(",") if k.strip()],
+            sbd_root=sbd_root, sdi=sdi, wssl=wssl, workers=workers,
+            classes=load_class_names(classes) if classes is not None else None,
+            skip_unknown=skip_unknown, strict_boxes=strict_boxes, discover=discover,
+        )  # fmt: skip
         console.print(report_table(report))
+        _warn(report.warnings)
         console.print(f"wrote {report.manifest_path}")
+
+
+def _run_with_progress(voc_root: Path | None, **kwargs: Any) -> PrepareReport:
+    """`prepare_dataset` under a progress bar; on a `PrepareError`, the table so far first."""
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    ) as bar:  # fmt: skip
+        tasks: dict[str, int] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if total <= 0:
+                return
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        try:
+            return prepare_dataset(voc_root, progress=on_progress, **kwargs)
+        except PrepareError as e:
+            bar.stop()
+            console.print(report_table(e.report))
+            _warn(e.report.warnings)
+            raise fail(str(e)) from None
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

@@ -1,4 +1,4 @@
-"""The training/validation dataset over a prepared VOC-layout folder, and its collate function.
+"""The training/validation dataset over a prepared folder, and its collate function.
 
 Validation samples keep their full image size, so they cannot be stacked: use a val loader with
 ``batch_size=1`` and `collate_batch`, or any batch size with `collate_list`.
@@ -19,9 +19,15 @@ from torch.utils.data import Dataset
 from pipseg.config import DataConfig
 from pipseg.data.images import read_image
 from pipseg.data.labels import IGNORE_INDEX, read_label
-from pipseg.data.manifest import load_manifest, read_split, source_dirs
+from pipseg.data.manifest import (
+    MANIFEST_NAME,
+    folder_bases,
+    load_manifest,
+    read_prepared_images,
+    read_split,
+    source_dirs,
+)
 from pipseg.data.transforms import TrainAugment
-from pipseg.data.voc import class_lookup, read_voc_boxes
 from pipseg.errors import PipsegError
 
 _CV2_PID: int | None = None
@@ -35,35 +41,44 @@ def _single_threaded_cv2() -> None:
         _CV2_PID = os.getpid()
 
 
-def decode_image(path: Path) -> np.ndarray:
-    """Decode an image as uint8 RGB ``[H, W, 3]``: OpenCV for speed, `read_image` for odd files
-    (16-bit, alpha, palette, unreadable by OpenCV)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None or bgr.dtype != np.uint8:
-        return read_image(path)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def _label_index(dirs: Sequence[Path]) -> dict[str, Path]:
     """``id -> label path`` over the source's folders (earlier folders win)."""
     found: dict[str, Path] = {}
     for folder in reversed(list(dirs)):
         if folder.is_dir():
             for entry in os.scandir(folder):
-                if entry.name.endswith(".png"):
+                if entry.name.lower().endswith(".png"):
                     found[entry.name[:-4]] = folder / entry.name
     return found
+
+
+def dataset_classes(data_cfg: DataConfig, manifest: dict[str, Any], prepared_dir: Path) -> list[str]:
+    """The prepared class list; a config that sets ``data.classes`` must agree with it."""
+    prepared = list(manifest["classes"])
+    configured = getattr(data_cfg, "classes", None)
+    if configured and [c.strip().lower() for c in configured] != [c.strip().lower() for c in prepared]:
+        raise PipsegError(
+            f"{prepared_dir / MANIFEST_NAME}: prepared for classes {prepared}, but data.classes "
+            f"is {list(configured)}; drop data.classes or run `pipseg prepare` with the same classes"
+        )
+    return list(configured) if configured else prepared
 
 
 class SegDataset(Dataset):
     """Images, label maps and boxes of one split of a prepared dataset.
 
     ``source`` picks the label maps: ``gt``, ``box``, ``grabcut``, ``crf``, ``sdi`` or ``wssl``
-    (see `pipseg.data.manifest`). With ``train=True`` each sample is augmented and cropped to
-    ``data_cfg.crop_size`` (`TrainAugment`, padding the image with ``pad_rgb``, the model's mean
-    colour); with ``train=False`` image and label are returned untouched.
+    (see `pipseg.data.manifest`). Images, sizes and boxes come from the prepared
+    ``annotations.json`` (any image format, whatever the original annotation format was) and
+    classes from the manifest. Ground truth is optional per image: with ``source="gt"`` the
+    dataset holds only the split's images that have a mask (``unlabelled`` lists the others, so
+    a val split without masks gives an empty dataset); every other source must cover its split.
 
-    Each item is ``{"image": uint8 [3,H,W] RGB, "label": long [H,W], "boxes": long [N,5]
+    With ``train=True`` each sample is augmented and cropped to ``data_cfg.crop_size``
+    (`TrainAugment`, padding the image with ``pad_rgb``, the model's mean colour); with
+    ``train=False`` image and label are returned untouched.
+
+    Each item is ``{"image": uint8 [3,H,W] RGB, "label": uint8 [H,W], "boxes": long [N,5]
     (x0, y0, x1, y1, cls) 0-based inclusive image pixels, "id": str}``.
     """
 
@@ -75,32 +90,31 @@ class SegDataset(Dataset):
         train: bool,
         pad_rgb: Sequence[float] = (122.675, 116.669, 104.008),
     ) -> None:
-        self.root = data_cfg.root.expanduser()
         self.prepared_dir = data_cfg.prepared_dir
         manifest = load_manifest(self.prepared_dir)
-        self.classes = list(data_cfg.classes)
-        if [c.strip().lower() for c in manifest["classes"]] != [
-            c.strip().lower() for c in self.classes
-        ]:
-            raise PipsegError(
-                f"{self.prepared_dir / 'manifest.json'}: prepared for classes {manifest['classes']}, "
-                f"but data.classes is {self.classes}; run `pipseg prepare` with the same classes"
-            )
+        self.classes = dataset_classes(data_cfg, manifest, self.prepared_dir)
+        bases = folder_bases(manifest, self.prepared_dir, getattr(data_cfg, "root", None))
         self.split, self.source, self.train = split, source, train
-        self.ids = read_split(self.prepared_dir, manifest, split)
-        labels = _label_index(source_dirs(manifest, source, self.root, self.prepared_dir))
-        missing = [i for i in self.ids if i not in labels]
-        if missing:
+        ids = read_split(self.prepared_dir, manifest, split)
+        labels = _label_index(source_dirs(manifest, source, bases))
+        missing = [i for i in ids if i not in labels]
+        if missing and source != "gt":
             raise PipsegError(
                 f"{self.prepared_dir}: source '{source}' has no label for {len(missing)} of "
-                f"{len(self.ids)} images of split '{split}' (first: {', '.join(missing[:5])}); "
+                f"{len(ids)} images of split '{split}' (first: {', '.join(missing[:5])}); "
                 "run `pipseg prepare` again"
             )
+        self.unlabelled = missing
+        self.ids = [i for i in ids if i in labels]
+        images = read_prepared_images(self.prepared_dir, manifest, bases)
+        unknown = [i for i in self.ids if i not in images]
+        if unknown:
+            raise PipsegError(
+                f"{self.prepared_dir}: split '{split}' names {len(unknown)} images that "
+                f"annotations.json lacks (first: {', '.join(unknown[:3])}); run `pipseg prepare` again"
+            )
+        self.images = [images[i] for i in self.ids]
         self.label_paths = [labels[i] for i in self.ids]
-        self.lookup = class_lookup(self.classes)
-        # Objects that `prepare --skip-unknown` skipped are skipped here too.
-        prepared_skip = bool(manifest.get("settings", {}).get("skip_unknown", False))
-        self.skip_unknown = data_cfg.skip_unknown_classes or prepared_skip
         self.augment = (
             TrainAugment(
                 data_cfg.crop_size, data_cfg.scales, data_cfg.flip, pad_rgb, data_cfg.box_geometry
@@ -120,13 +134,12 @@ class SegDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The raw ``(image RGB [H,W,3], label [H,W], boxes [N,5])`` of one sample."""
         _single_threaded_cv2()
-        sample_id = self.ids[index]
-        image_path = self.root / "JPEGImages" / f"{sample_id}.jpg"
-        if not image_path.is_file():
+        record = self.images[index]
+        if not record.path.is_file():
             raise PipsegError(
-                f"{image_path}: image not found; run `pipseg prepare` to check the dataset"
+                f"{record.path}: image not found; run `pipseg prepare` to check the dataset"
             )
-        image = decode_image(image_path)
+        image = read_image(record.path)
         label = read_label(self.label_paths[index])
         h, w = image.shape[:2]
         top = int(label[label != IGNORE_INDEX].max(initial=0))
@@ -141,13 +154,12 @@ class SegDataset(Dataset):
                 f"{self.label_paths[index]}: label is {label.shape[1]}x{label.shape[0]} but its "
                 f"image is {w}x{h}; labels must match their images"
             )
-        xml_path = self.root / "Annotations" / f"{sample_id}.xml"
-        ann = read_voc_boxes(xml_path, self.lookup, self.skip_unknown)
-        if (ann.width, ann.height) != (w, h):
+        if (record.width, record.height) != (w, h):
             raise PipsegError(
-                f"{xml_path}: <size> says {ann.width}x{ann.height} but the image is {w}x{h}"
+                f"{record.path}: image is {w}x{h} but was {record.width}x{record.height} when "
+                "prepared; run `pipseg prepare` again"
             )
-        return image, label, ann.boxes
+        return image, label, record.boxes
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label, boxes = self.load(index)

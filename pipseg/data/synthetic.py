@@ -159,12 +159,20 @@ def voc_xml(sample_id: str, boxes: np.ndarray, width: int, height: int, classes:
     )
 
 
-def _paths(root: Path, sample_id: str) -> tuple[Path, Path, Path]:
+def _paths(root: Path, sample_id: str, image_ext: str = ".jpg") -> tuple[Path, Path, Path]:
     return (
-        root / "JPEGImages" / f"{sample_id}.jpg",
+        root / "JPEGImages" / f"{sample_id}{image_ext}",
         root / "Annotations" / f"{sample_id}.xml",
         root / "SegmentationClass" / f"{sample_id}.png",
     )
+
+
+def _encode(image: np.ndarray, image_ext: str) -> bytes:
+    ext = image_ext.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY] if ext in (".jpg", ".jpeg") else []
+    ok, data = cv2.imencode(ext, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    assert ok, f"OpenCV could not encode a {ext} image"
+    return data.tobytes()
 
 
 def make_synthetic_voc(
@@ -173,31 +181,37 @@ def make_synthetic_voc(
     n_val: int = 16,
     image_size: tuple[int, int] = (160, 120),
     seed: int = 0,
+    *,
+    image_ext: str = ".jpg",
+    masks: str = "all",
+    split_lists: bool = True,
 ) -> Path:
     """Write a synthetic dataset in VOC layout under ``root`` and return ``root``.
 
-    Layout: ``JPEGImages/*.jpg``, ``Annotations/*.xml``, ``SegmentationClass/*.png`` and
+    Layout: ``JPEGImages/*<image_ext>`` (``.jpg``, ``.png``, ``.bmp``, ``.webp``, any case),
+    ``Annotations/*.xml``, ``SegmentationClass/*.png`` (for ``masks`` ``"all"`` images, only the
+    ``"val"`` ones, or ``"none"``) and, with ``split_lists``,
     ``ImageSets/Segmentation/{train,val,trainval}.txt``; classes are `SYNTHETIC_CLASSES`.
     Deterministic in its arguments; files already present are kept (so a second call with the
     same arguments writes nothing), and the split lists are written last.
     """
+    if masks not in ("all", "val", "none"):
+        raise ValueError(f"masks must be 'all', 'val' or 'none', not {masks!r}")
     root = Path(root)
     ids = [_sample_id(i) for i in range(n_train + n_val)]
     sets = root / "ImageSets" / "Segmentation"
     for sample_id, index in zip(ids, range(len(ids)), strict=True):
-        image_path, xml_path, label_path = _paths(root, sample_id)
-        if image_path.exists() and xml_path.exists() and label_path.exists():
+        image_path, xml_path, label_path = _paths(root, sample_id, image_ext)
+        with_mask = masks == "all" or (masks == "val" and index >= n_train)
+        if image_path.exists() and xml_path.exists() and (label_path.exists() or not with_mask):
             continue
         image, label, boxes = render_sample(seed, index, image_size)
-        ok, jpeg = cv2.imencode(
-            ".jpg",
-            cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-            [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY],
-        )
-        assert ok, "OpenCV could not encode a JPEG"
-        atomic_write_bytes(image_path, jpeg.tobytes())
-        write_label(label_path, label)
+        atomic_write_bytes(image_path, _encode(image, image_ext))
+        if with_mask:
+            write_label(label_path, label)
         atomic_write_text(xml_path, voc_xml(sample_id, boxes, *image_size, SYNTHETIC_CLASSES))
+    if not split_lists:
+        return root
     lists = {"train": ids[:n_train], "val": ids[n_train:], "trainval": ids}
     for name, split_ids in lists.items():
         text = "".join(f"{i}\n" for i in split_ids)
