@@ -28,7 +28,9 @@ from segment_anything import SamPredictor
 from pipseg.labels.sam import SAM_BUILDERS, SamLabeller, load_sam
 
 
-def _interleaved(fns: list[Callable[[np.ndarray], object]], images: list[np.ndarray]) -> list[list[float]]:
+def _interleaved(
+    fns: list[Callable[[np.ndarray], object]], images: list[np.ndarray]
+) -> list[list[float]]:
     """Seconds per image for each of ``fns``, taking turns image by image (in a rotating order)
     so that a shared machine's changing load falls on all of them alike."""
     out: list[list[float]] = [[] for _ in fns]
@@ -44,14 +46,17 @@ def _interleaved(fns: list[Callable[[np.ndarray], object]], images: list[np.ndar
 
 def _row(name: str, times: list[float]) -> str:
     rest = times[1:] or times
-    return f"| {name} | {times[0]:.2f} | {statistics.median(rest):.2f} | {min(rest):.2f} | {max(rest):.2f} |"
+    cells = [times[0], statistics.median(rest), min(rest), max(rest)]
+    return f"| {name} | " + " | ".join(f"{c:.2f}" for c in cells) + " |"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SAM_BUILDERS), default="vit_b")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="a real checkpoint (default: random weights)")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="a real checkpoint (default: random weights)"
+    )
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--boxes", type=int, default=3)
     parser.add_argument("--device", default="auto")

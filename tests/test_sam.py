@@ -72,7 +72,9 @@ class ChosenDecoder(nn.Module):
         super().__init__()
         self.logits, self.iou = logits, iou
 
-    def forward(self, sparse_prompt_embeddings: torch.Tensor, **_: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, sparse_prompt_embeddings: torch.Tensor, **_: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         n = sparse_prompt_embeddings.shape[0]
         return self.logits[:n], self.iou[:n]
 
@@ -291,7 +293,8 @@ def test_bad_checkpoints_are_one_line_errors(
 
 
 @pytest.mark.parametrize(
-    ("name", "builder"), [("vit_b", build_sam_vit_b), ("vit_l", build_sam_vit_l), ("vit_h", build_sam_vit_h)]
+    ("name", "builder"),
+    [("vit_b", build_sam_vit_b), ("vit_l", build_sam_vit_l), ("vit_h", build_sam_vit_h)],
 )
 def test_type_read_from_the_official_layouts(name: str, builder) -> None:
     with torch.device("meta"):  # shapes only: no memory, no time

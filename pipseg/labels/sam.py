@@ -1,4 +1,4 @@
-"""Segment Anything (SAM) as a label source: one box-prompted mask per box, painted into a class map.
+"""Segment Anything (SAM) as a label source: a box-prompted mask per box, painted into a class map.
 
 - `load_sam` reads the user's checkpoint with ``torch.load(weights_only=True)`` into Meta's own
   model classes (the `segment_anything` builders with ``checkpoint=None``: their own loading calls
@@ -85,19 +85,27 @@ def read_sam_state(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
-            raise PipsegError(f"{path}: not a PyTorch checkpoint ({_first_line(e)}); {CHECKPOINT_HINT}") from None
+            raise PipsegError(
+                f"{path}: not a PyTorch checkpoint ({_first_line(e)}); {CHECKPOINT_HINT}"
+            ) from None
         raise PipsegError(
             f"{path}: a pickle that needs code to load{_unsafe_globals(path)}, which pipseg "
             "refuses (weights_only); use an official SAM checkpoint, or re-save it as tensors "
             "with torch.save(model.state_dict(), PATH)"
         ) from None
-    except Exception as e:  # any other failure to unpickle (KeyError, EOFError, ...): not a checkpoint
-        raise PipsegError(f"{path}: not a PyTorch checkpoint ({_first_line(e)}); {CHECKPOINT_HINT}") from None
+    except Exception as e:
+        # Any other failure to unpickle (KeyError, EOFError, ...) means it is not a checkpoint.
+        raise PipsegError(
+            f"{path}: not a PyTorch checkpoint ({_first_line(e)}); {CHECKPOINT_HINT}"
+        ) from None
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict) and PATCH_KEY not in obj:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise PipsegError(f"{path}: not a SAM checkpoint (holds a {type(obj).__name__}, not a dict of tensors); {CHECKPOINT_HINT}")
+        raise PipsegError(
+            f"{path}: not a SAM checkpoint (holds a {type(obj).__name__}, not a dict of tensors); "
+            + CHECKPOINT_HINT
+        )
     return obj
 
 
@@ -107,7 +115,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _unsafe_globals(path: Path) -> str:
-    """`` (a.B, c.D)``: the classes a zip checkpoint needs, or ``""`` when torch cannot list them."""
+    """`` (a.B, c.D)``: the classes a zip checkpoint needs, or ``""`` where torch cannot say."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # legacy (non-zip) files: the names are only a courtesy
@@ -125,7 +133,9 @@ def sam_model_type(state: Mapping[str, torch.Tensor], path: str | Path = "<state
                 f"as Meta's SAM 2 package is not on PyPI; {CHECKPOINT_HINT}"
             )
         some = ", ".join(list(state)[:3]) or "none"
-        raise PipsegError(f"{path}: not a SAM checkpoint (no key {PATCH_KEY}; keys: {some}); {CHECKPOINT_HINT}")
+        raise PipsegError(
+            f"{path}: not a SAM checkpoint (no key {PATCH_KEY}; keys: {some}); {CHECKPOINT_HINT}"
+        )
     width = int(weight.shape[0]) if weight.ndim == 4 else -1
     if width not in SAM_WIDTHS:
         known = ", ".join(f"{t} ({w})" for w, t in SAM_WIDTHS.items())
@@ -136,7 +146,9 @@ def sam_model_type(state: Mapping[str, torch.Tensor], path: str | Path = "<state
     return SAM_WIDTHS[width]
 
 
-def _check_layout(model: Sam, state: Mapping[str, torch.Tensor], path: Path, kind: str, forced: bool) -> None:
+def _check_layout(
+    model: Sam, state: Mapping[str, torch.Tensor], path: Path, kind: str, forced: bool
+) -> None:
     """Raise `PipsegError` naming the keys or shapes by which ``state`` misses ``model``."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -148,7 +160,11 @@ def _check_layout(model: Sam, state: Mapping[str, torch.Tensor], path: Path, kin
     ]
     problems = [
         f"{what} {len(items)}: {items[0]}{', ...' if len(items) > 1 else ''}"
-        for what, items in (("missing keys", missing), ("unexpected keys", extra), ("wrong shapes", shapes))
+        for what, items in (
+            ("missing keys", missing),
+            ("unexpected keys", extra),
+            ("wrong shapes", shapes),
+        )
         if items
     ]
     if problems:
@@ -176,7 +192,9 @@ def load_sam(
     state = read_sam_state(path)
     kind = model_type or sam_model_type(state, path)
     if kind not in builders:
-        raise PipsegError(f"--sam-model {kind}: not a SAM model type; use one of {', '.join(builders)}")
+        raise PipsegError(
+            f"--sam-model {kind}: not a SAM model type; use one of {', '.join(builders)}"
+        )
     model = builders[kind]()
     _check_layout(model, state, path, kind, forced=model_type is not None)
     model.load_state_dict(state, strict=True)
@@ -226,7 +244,12 @@ class SamLabeller:
     """
 
     def __init__(
-        self, model: Sam, *, min_fill: float = MIN_FILL, max_fill: float = MAX_FILL, box_batch: int = 64
+        self,
+        model: Sam,
+        *,
+        min_fill: float = MIN_FILL,
+        max_fill: float = MAX_FILL,
+        box_batch: int = 64,
     ) -> None:
         self.predictor = SamPredictor(model)
         self.device = torch.device(model.device)
@@ -246,7 +269,9 @@ class SamLabeller:
             self.predictor.set_image(image)
             coords = torch.as_tensor(boxes[:, :4], dtype=torch.float32, device=self.device)
             # Inclusive pixel boxes -> SAM's continuous XYXY corners (COCO-style x + w).
-            prompts = self.predictor.transform.apply_boxes_torch(coords + coords.new_tensor([0, 0, 1, 1]), (h, w))
+            prompts = self.predictor.transform.apply_boxes_torch(
+                coords + coords.new_tensor([0, 0, 1, 1]), (h, w)
+            )
             chosen = []
             for start in range(0, len(boxes), self.box_batch):
                 masks, iou, _ = self.predictor.predict_torch(
@@ -393,7 +418,9 @@ def make_sam_labels(
         try:
             write_label(path, label)
         except OSError as e:
-            raise PipsegError(f"{path}: cannot write ({e.strerror or e}); check free space and permissions") from None
+            raise PipsegError(
+                f"{path}: cannot write ({e.strerror or e}); check free space and permissions"
+            ) from None
         report.written += 1
         report.stats.add(stats)
         report.image_seconds.append(time.perf_counter() - start)
