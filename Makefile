@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench bench-accuracy lint clean
+.PHONY: install test demo bench bench-accuracy gpu-check lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ bench: install
 
 bench-accuracy: install
 	$(BIN)/python benchmarks/accuracy.py --ablations --json runs/accuracy/results.json
+
+# On a CUDA machine: train, sync, loss, predict/eval/export checks (~5 min); without CUDA it exits 0.
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --json runs/gpu-check/gpu_check.json
 
 lint: install
 	$(BIN)/ruff check pipseg tests benchmarks
