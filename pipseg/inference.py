@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from contextlib import nullcontext
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -192,3 +193,96 @@ def predict_probs(
     return predict_probs_batch(
         model, [image_rgb], pad_size=pad_size, device=device, tta=tta, amp_dtype=amp_dtype
     )[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Large images: downscale (``max_side``) and / or sliding window (``tile``)
+
+
+def fit_max_side(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """``(H, W)`` scaled (aspect kept, rounded) so the longer side is at most ``max_side``."""
+    if max_side is None or max(height, width) <= max_side:
+        return height, width
+    scale = max_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of windows of ``tile`` covering ``0..length`` with at least ``overlap`` shared;
+    the last window ends at ``length`` exactly, so every window has the full size."""
+    if length <= tile:
+        return [0]
+    stride = max(1, tile - overlap)
+    starts = list(range(0, length - tile, stride))
+    return starts + [length - tile]
+
+
+def predict_probs_tiled(
+    model: nn.Module,
+    image_rgb: np.ndarray,
+    *,
+    tile: int = 513,
+    overlap: int = 128,
+    pad_size: int = 513,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    batch_size: int = 4,
+) -> torch.Tensor:
+    """Class probabilities ``[C, H, W]`` float32 on the CPU from overlapping ``tile`` windows,
+    averaged where they overlap. Memory: ``4 * (C + 1) * H * W`` bytes for the sums plus one
+    batch of windows through the network, whatever the image size."""
+    if overlap >= tile:
+        raise PipsegError(f"--overlap {overlap}: must be smaller than the tile size {tile}")
+    height, width = image_rgb.shape[:2]
+    windows = [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+    total: torch.Tensor | None = None
+    count = torch.zeros(height, width)
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i : i + batch_size]
+        crops = [np.ascontiguousarray(image_rgb[y : y + tile, x : x + tile]) for y, x in chunk]
+        probs = predict_probs_batch(model, crops, pad_size=pad_size, device=device, amp_dtype=amp_dtype)
+        for (y, x), prob in zip(chunk, probs, strict=True):
+            if total is None:
+                total = torch.zeros(prob.shape[0], height, width)
+            h, w = prob.shape[-2:]
+            total[:, y : y + h, x : x + w] += prob.cpu()
+            count[y : y + h, x : x + w] += 1
+    assert total is not None
+    return total.div_(count)
+
+
+def predict_probs_large(
+    model: nn.Module,
+    image_rgb: np.ndarray,
+    *,
+    max_side: int | None = None,
+    tile: int | None = None,
+    overlap: int = 128,
+    pad_size: int = 513,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    tta: bool = False,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Probabilities ``[C, h, w]`` on the CPU and the image they belong to (``h, w`` after the
+    ``max_side`` downscale; the caller scales the label map back to the input's size with
+    `upscale_label`). ``tile`` switches on the sliding window; without either it is `predict_probs`."""
+    height, width = image_rgb.shape[:2]
+    size = fit_max_side(height, width, max_side)
+    work = image_rgb
+    if size != (height, width):
+        work = cv2.resize(image_rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    if tile is not None and max(size) > tile:
+        if tta:
+            raise PipsegError("--tta and --tile together are not supported; choose one")
+        probs = predict_probs_tiled(model, work, tile=tile, overlap=overlap, pad_size=max(pad_size, tile),
+                                    device=device, amp_dtype=amp_dtype)  # fmt: skip
+    else:
+        probs = predict_probs(model, work, pad_size=pad_size, device=device, tta=tta, amp_dtype=amp_dtype).cpu()
+    return probs, work
+
+
+def upscale_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A label map resized to ``(H, W)`` by nearest neighbour (class ids stay class ids)."""
+    if label.shape == tuple(size):
+        return label
+    return cv2.resize(label, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
