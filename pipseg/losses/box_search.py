@@ -11,9 +11,13 @@ Two implementations give the same entries:
   so its cost grows with the boxes' area. It is several times faster on CPU from a few boxes
   per image on.
 
-``log P`` is monotone in ``P``: both search ``log_softmax`` values and return flat indices
-into it. A tie resolves to one entry of the line (the first, in both), which then takes the
-whole gradient, as ``torch.max(dim)`` does; any tied entry is a valid subgradient.
+Both search ``log_softmax`` values and return flat indices into them. The maximum of ``P`` is
+the maximum of ``log P``, which keeps every digit where ``P`` is small. The minimum of ``P`` is
+searched on ``-log P`` where ``P <= 1/2`` and on ``log(1 - P)`` (the log-sum-exp of the other
+classes) where ``P > 1/2``, since ``log P`` rounds to 0 as ``P`` nears 1 and would tie entries
+whose ``1 - P`` differ by orders of magnitude. A tie resolves to one entry of the line (the
+first, in both), which then takes the whole gradient, as ``torch.max(dim)`` does; any tied entry
+is a valid subgradient.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+_HALF_LOG = math.log(0.5)  # above it, P > 1/2: the minimum is searched on log(1 - P) instead
 
 __all__ = [
     "BoxExtremes",
@@ -59,8 +65,7 @@ def dense_box_extremes(
     The search is ``max_pool2d`` over whole columns and rows of a map that is -inf outside
     each box, laid out channels-last with the boxes innermost: that kernel vectorises over
     the boxes and is several times faster on CPU than ``max(dim)`` with indices.
-    Lines outside a box get an arbitrary in-range entry and an infinite ``log_p``; ``keep``
-    masks them.
+    Lines outside a box get an arbitrary in-range entry; ``keep`` masks them.
     """
     b, c, h, w = log_probs.shape
     cls = cls.clamp(min=0)
@@ -70,23 +75,21 @@ def dense_box_extremes(
         empty = torch.zeros(2, 0, dtype=torch.long, device=log_probs.device)
         return BoxExtremes(log_probs.new_zeros(2, 0), empty, empty, keep.view(-1))
     highs, lows = _masked_planes(log_probs, cls, row_in, col_in)
-    (top, top_at), (neg_bottom, bottom_at) = _max_lines(highs), _max_lines(lows)
+    (_, top_at), (_, bottom_at) = _max_lines(highs), _max_lines(lows)
     plane = torch.stack([top_at, bottom_at])  # [2, B, M, W + H]
     images = torch.arange(b, device=cls.device)[:, None, None]
-    index = plane + ((images * c + cls[..., None]) * (h * w))
-    pixel = plane + images * (h * w)
-    log_p = torch.stack([top, neg_bottom.neg_()])
-    # A P of exactly 0 was searched as the lowest float (see _masked_planes): report it as the
-    # compiled search does, log P = -inf.
-    log_p.masked_fill_(log_p <= torch.finfo(log_p.dtype).min, -math.inf)
-    return BoxExtremes(log_p.view(2, -1), index.view(2, -1), pixel.view(2, -1), keep.view(-1))
+    index = (plane + ((images * c + cls[..., None]) * (h * w))).view(2, -1)
+    pixel = (plane + images * (h * w)).view(2, -1)
+    # Read back rather than taken from the search: exact, -inf included (the planes clamp it).
+    log_p = log_probs.reshape(-1)[index]
+    return BoxExtremes(log_p, index, pixel, keep.view(-1))
 
 
 def _masked_planes(
     log_probs: Tensor, cls: Tensor, row_in: Tensor, col_in: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """``log P`` and ``-log P`` of each box's class, -inf outside the box: ``[B, M, H, W]``
-    views of channels-last ``[B, H, W, M]`` maps."""
+    """``log P`` and the :func:`_low_keys` of each box's class, -inf outside the box:
+    ``[B, M, H, W]`` views of channels-last ``[B, H, W, M]`` maps."""
     b, _, h, w = log_probs.shape
     m = cls.shape[1]
     # [B, H, W, M]: each box's class plane, boxes innermost.
@@ -94,15 +97,31 @@ def _masked_planes(
     # log P is -inf where a logit is; the most negative finite value instead keeps -inf - -inf
     # out of the sums below (P = 0 there either way).
     region.clamp_(min=torch.finfo(region.dtype).min)
+    lows = _low_keys(log_probs, region)
     # Contiguous [B, H, 1, M] and [B, 1, W, M]: 0 in a box's rows (columns), -inf outside.
     outside = torch.zeros((), dtype=region.dtype, device=region.device)
     row_mask = outside.masked_fill(~row_in.transpose(1, 2).contiguous(), -math.inf)[:, :, None]
     col_mask = outside.masked_fill(~col_in.transpose(1, 2).contiguous(), -math.inf)[:, None]
     # Adding masks beats masked_fill several times on CPU; in place where possible, as every
     # fresh [B, H, W, M] buffer costs page faults there.
-    lows = torch.sub(row_mask, region).add_(col_mask).permute(0, 3, 1, 2)  # -log P inside
+    lows = lows.add_(row_mask).add_(col_mask).permute(0, 3, 1, 2)
     highs = region.add_(row_mask).add_(col_mask).permute(0, 3, 1, 2)  # log P inside
     return highs, lows
+
+
+def _low_keys(log_probs: Tensor, region: Tensor) -> Tensor:
+    """Keys whose maximum along a line marks the line's minimum of P, at any logit scale.
+
+    ``-log P`` where ``log P <= log(1/2)``, which holds every digit there, and ``log(1 - P)``
+    where ``P > 1/2``, from the log-sum-exp of the other classes, where ``log P`` rounds to 0
+    and ties. The first kind is ``>= log 2`` and the second ``< 0``, so every ``P <= 1/2``
+    ranks above every larger ``P``, and within each kind the key falls as ``P`` grows. The
+    compiled search compares the same keys.
+    """
+    # Only a pixel's top class can have P > 1/2: log(1 - P) of that class, per pixel.
+    top_at = log_probs.argmax(dim=1, keepdim=True)
+    top_rest = log_probs.scatter(1, top_at, -math.inf).logsumexp(dim=1)  # [B, H, W]
+    return torch.where(region > _HALF_LOG, top_rest[..., None], -region)
 
 
 def _max_lines(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,12 +168,13 @@ def compiled_box_extremes(log_probs: Tensor, boxes: Tensor) -> BoxExtremes:
         raise ValueError("compiled_box_extremes: needs CPU tensors (use dense_box_extremes)")
     kernel = _compiled_kernel()
     lp = log_probs.detach().contiguous().numpy()
-    log_p, index, pixel = kernel(lp, boxes.contiguous().numpy())
+    threshold = lp.dtype.type(_HALF_LOG)  # in the dtype of log P, as the dense search compares
+    log_p, index, pixel = kernel(lp, boxes.contiguous().numpy(), threshold)
     return BoxExtremes(*map(torch.from_numpy, (log_p, index, pixel)), None)
 
 
 @functools.cache
-def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]]:
+def _compiled_kernel() -> Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The CPU search, compiled by Numba on its first call in a process (per dtype)."""
     import numba  # imported here: it takes a moment and only the CPU loss needs it
 
@@ -184,64 +204,51 @@ def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, .
         return clipped, total
 
     @jit
-    def rows_of(plane, box, first, shift, log_p, index, pixel, line):  # noqa: ANN001, ANN202
-        """Extremes of the box's rows in one class plane; returns the next free line."""
-        x0, y0, x1, y1 = box[0], box[1], box[2], box[3]
-        w = plane.shape[1]
-        for y in range(y0, y1 + 1):
-            row = plane[y]
-            hi = row[x0]
-            lo = hi
-            arg_hi = x0
-            arg_lo = x0
-            for x in range(x0 + 1, x1 + 1):
-                v = row[x]
-                if v > hi:
-                    hi = v
-                    arg_hi = x
-                if v < lo:
-                    lo = v
-                    arg_lo = x
-            at = first + y * w
-            log_p[0, line] = hi
-            log_p[1, line] = lo
-            pixel[0, line] = at + arg_hi
-            pixel[1, line] = at + arg_lo
-            index[0, line] = at + arg_hi + shift
-            index[1, line] = at + arg_lo + shift
-            line += 1
-        return line
+    def rest(lp, b, cls, y, x):  # noqa: ANN001, ANN202
+        """``log(1 - P[cls])`` at ``(b, y, x)``: the log-sum-exp of the other classes' log P."""
+        top = -np.inf
+        for k in range(lp.shape[1]):
+            if k != cls and lp[b, k, y, x] > top:
+                top = lp[b, k, y, x]
+        if top == -np.inf:
+            return -np.inf
+        total = 0.0
+        for k in range(lp.shape[1]):
+            if k != cls:
+                total += np.exp(lp[b, k, y, x] - top)
+        return top + np.log(total)
 
     @jit
-    def columns_of(plane, box, first, shift, log_p, index, pixel, line):  # noqa: ANN001, ANN202
-        """Extremes of the box's columns; a pass of its own: running extremes in registers beat
-        updating per-column arrays inside the row pass (the plane is small enough for L1)."""
-        x0, y0, x1, y1 = box[0], box[1], box[2], box[3]
-        w = plane.shape[1]
-        for x in range(x0, x1 + 1):
-            hi = plane[y0, x]
-            lo = hi
-            arg_hi = y0
-            arg_lo = y0
-            for y in range(y0 + 1, y1 + 1):
-                v = plane[y, x]
-                if v > hi:
-                    hi = v
-                    arg_hi = y
-                if v < lo:
-                    lo = v
-                    arg_lo = y
-            log_p[0, line] = hi
-            log_p[1, line] = lo
-            pixel[0, line] = first + x + arg_hi * w
-            pixel[1, line] = first + x + arg_lo * w
-            index[0, line] = first + x + arg_hi * w + shift
-            index[1, line] = first + x + arg_lo * w + shift
-            line += 1
-        return line
+    def scan(lp, b, cls, y, x, dy, dx, n, thr):  # noqa: ANN001, ANN202
+        """Steps from ``(y, x)`` to the line's maximum of P and to its minimum, over ``n``
+        entries ``(dy, dx)`` apart; the minimum by the key described in :func:`_low_keys`."""
+        plane = lp[b, cls]
+        v = plane[y, x]
+        hi, arg_hi, arg_lo = v, 0, 0
+        lo_key = -v if v <= thr else rest(lp, b, cls, y, x)
+        for i in range(1, n):
+            v = plane[y + i * dy, x + i * dx]
+            if v > hi:
+                hi, arg_hi = v, i
+            if v <= thr:
+                if -v > lo_key:
+                    lo_key, arg_lo = -v, i
+            elif lo_key < 0.0:  # the best so far has P > 1/2 too: compare 1 - P
+                r = rest(lp, b, cls, y + i * dy, x + i * dx)
+                if r > lo_key:
+                    lo_key, arg_lo = r, i
+        return arg_hi, arg_lo
 
     @jit
-    def search(lp: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def put(lp, b, cls, y, x, side, line, log_p, index, pixel):  # noqa: ANN001, ANN202
+        """Record entry ``(b, cls, y, x)`` as the line's maximum (side 0) or minimum (side 1)."""
+        _, nc, h, w = lp.shape
+        log_p[side, line] = lp[b, cls, y, x]
+        pixel[side, line] = (b * h + y) * w + x
+        index[side, line] = ((b * nc + cls) * h + y) * w + x
+
+    @jit
+    def search(lp, boxes, thr):  # noqa: ANN001, ANN202
         nb, nc, h, w = lp.shape
         clipped, total = clip(boxes, nc, h, w)
         log_p = np.empty((2, total), lp.dtype)
@@ -250,14 +257,19 @@ def _compiled_kernel() -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, .
         line = 0
         for b in range(nb):
             for k in range(clipped.shape[1]):
-                cls = clipped[b, k, 4]
+                x0, y0, x1, y1, cls = clipped[b, k]
                 if cls < 0:
                     continue
-                # pixel (b, y, x) of class plane cls sits at (b * C + cls) * H * W + y * W + x
-                first, shift = b * h * w, (b * (nc - 1) + cls) * h * w
-                plane, box = lp[b, cls], clipped[b, k]
-                line = rows_of(plane, box, first, shift, log_p, index, pixel, line)
-                line = columns_of(plane, box, first, shift, log_p, index, pixel, line)
+                for y in range(y0, y1 + 1):  # the box's rows, then its columns
+                    arg_hi, arg_lo = scan(lp, b, cls, y, x0, 0, 1, x1 - x0 + 1, thr)
+                    put(lp, b, cls, y, x0 + arg_hi, 0, line, log_p, index, pixel)
+                    put(lp, b, cls, y, x0 + arg_lo, 1, line, log_p, index, pixel)
+                    line += 1
+                for x in range(x0, x1 + 1):
+                    arg_hi, arg_lo = scan(lp, b, cls, y0, x, 1, 0, y1 - y0 + 1, thr)
+                    put(lp, b, cls, y0 + arg_hi, x, 0, line, log_p, index, pixel)
+                    put(lp, b, cls, y0 + arg_lo, x, 1, line, log_p, index, pixel)
+                    line += 1
         return log_p, index, pixel
 
     return search
