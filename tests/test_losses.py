@@ -208,8 +208,8 @@ def test_matches_naive_value_and_gradient(seed: int, box_search: str) -> None:
 def assert_matches_oracle(logits: torch.Tensor, labels, boxes, params, box_search: str) -> None:
     """Value and gradient of all three outputs against :func:`naive_pip` on the float64 copy of
     ``logits``; float32 and lower within float32 rounding (relative to the gradient's scale)."""
-    z1 = logits.clone().requires_grad_(True)
-    z2 = logits.double().requires_grad_(True)
+    z1 = logits.detach().clone().requires_grad_(True)
+    z2 = logits.detach().double().clone().requires_grad_(True)
     parts = PIPLoss(**params, box_search=box_search).forward_parts(z1, labels, boxes)
     expected = naive_pip(z2, labels, boxes, **params)
     (parts["loss"] + 0.3 * parts["box"] - 0.7 * parts["pixel"]).backward()
@@ -235,6 +235,23 @@ def test_matches_unclamped_oracle_at_every_logit_scale(
 ) -> None:
     logits, labels, boxes, params = random_case(seed, std=std, box_class=box_class)
     assert_matches_oracle(logits.to(dtype), labels, boxes, params, box_search)
+
+
+@pytest.mark.parametrize("box_class", ["random", "dominant"])
+def test_the_accelerator_path_takes_every_line_in_row_form(
+    box_class: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off the CPU every line minimum goes through the [K, C] row form, masked (no host sync):
+    the same loss and gradient as the CPU's selection, against the oracle."""
+    import pipseg.losses.pip as pip_module
+
+    logits, labels, boxes, params = random_case(105, std=10.0, box_class=box_class)
+    monkeypatch.setattr(
+        pip_module, "_row_lines", lambda high: torch.arange(high.numel(), device=high.device)
+    )
+    for box_search in SEARCHES:
+        assert_matches_oracle(logits, labels, boxes, params, box_search)
+        assert_matches_oracle(logits.float(), labels, boxes, params, box_search)
 
 
 @pytest.mark.parametrize("box_search", SEARCHES)

@@ -2,11 +2,12 @@
 and boxes, with a hand-written backward.
 
 The box term's logs need no clamp. ``log(max P)`` is the log-softmax at each line's arg-max.
-``log(1 - min P)`` is the log-sum-exp of the log-softmax over the *other* classes at the line's
-arg-min (``1 - P_c`` is the sum of the other classes' ``P``), which stays exact where ``P_c``
-rounds to 1 and ``log1p(-P_c)`` would be ``-inf``. Its gradient is taken in the same form,
+``log(1 - min P)`` is ``log1p(-P)`` where the minimum ``P <= 1/2`` (exact there), and above it
+the log-sum-exp of the log-softmax over the *other* classes at the arg-min (``1 - P_c`` is the
+sum of the other classes' ``P``), which stays exact where ``P_c`` rounds to 1 and ``log1p(-P_c)``
+would be ``-inf``. The gradient of those lines is taken in the same form,
 ``(1 - alpha) P_c (onehot_c - softmax of the other classes)``, which is bounded, instead of
-through ``dlog P_c`` (``(1 - alpha) P_c / (1 - P_c)``, unbounded). Values and gradients are
+through ``dlog P_c = (1 - alpha) P_c / (1 - P_c)``, which is not. Values and gradients are
 therefore finite and exact at any logit scale. Only a probability of exactly 0 (a logit of
 ``-inf``), where the published loss is infinite, enters the value as the dtype's smallest normal
 number (``log`` of it: about -87 in float32, -708 in float64); its gradient stays the limit's.
@@ -30,6 +31,7 @@ from pipseg.losses.box_search import (
 from pipseg.losses.geometry import BoxGeometry, blur_matrix, gaussian_1d, pixel_weights
 
 _BOX_DENOM_EPS = 1e-5  # the published code starts its (h + w) count at 1e-5
+_HALF_LOG = math.log(0.5)  # a line minimum with log P above it takes the row form
 # How PIPLoss finds the box lines' extremes: "auto" (the compiled search for CPU tensors when
 # Numba is installed, else the dense one) or "dense" (PyTorch, any device; see box_search.py).
 _BOX_SEARCHES = ("auto", "dense")
@@ -40,11 +42,11 @@ __all__ = ["PIPLoss"]
 class _BoxLines(NamedTuple):
     """What the backward pass needs of ``L_box``: derivatives of ``L_box`` itself."""
 
-    top_index: Tensor  # long [K]: flat [B, C, H, W] index of each line's arg-max
-    top_pixel: Tensor  # long [K]: flat [B, H, W] index of the same pixel
-    top_grad: Tensor  # [K]: dL_box / dlog P there (-alpha / lines; 0 for masked lines)
-    bottom_pixel: Tensor  # long [K]: flat [B, H, W] index of each line's arg-min
-    bottom_grad: Tensor  # [K, C]: dL_box / dz of every class at that pixel
+    index: Tensor  # long [2, K]: flat [B, C, H, W] index of each line's arg-max, then arg-min
+    pixel: Tensor  # long [2, K]: flat [B, H, W] index of the same pixels
+    grad: Tensor  # [2, K]: dL_box / dlog P there (0 for masked lines and for row-form minima)
+    row_pixel: Tensor  # long [R]: flat [B, H, W] pixel of each minimum taken in row form
+    row_grad: Tensor  # [R, C]: dL_box / dz of every class at that pixel
 
 
 def _finite_log(log_p: Tensor) -> Tensor:
@@ -75,43 +77,57 @@ def _pixel_term(
     return (pixel_grad * label_log_p).sum(), pixel_grad, safe_labels
 
 
+def _row_lines(high: Tensor) -> Tensor:
+    """The lines whose minimum takes the ``[R, C]`` row form: on CPU only those with ``P > 1/2``
+    (reading the mask costs nothing there); elsewhere all, masked, so nothing waits on the host."""
+    if high.device.type == "cpu":
+        return high.nonzero()[:, 0]
+    return torch.arange(high.numel(), device=high.device)
+
+
 def _box_term(
     log_probs: Tensor, extremes: BoxExtremes, lines: Tensor, alpha: float
 ) -> tuple[Tensor, _BoxLines]:
     """``L_box`` from the lines' extremes, and its derivatives (see the module docstring)."""
     _, c, h, w = log_probs.shape
     denom = lines.to(log_probs.dtype) + _BOX_DENOM_EPS
-    top_index, bottom_index = extremes.index
-    top_pixel, bottom_pixel = extremes.pixel
-    # Every class of the arg-min pixel, the line's own class masked: log(1 - P) = their LSE.
-    rows = log_probs.view(-1)[_class_rows(bottom_pixel, c, h * w)]  # [K, C]
-    own = ((bottom_index // (h * w)) % c)[:, None]
+    top, bottom = extremes.log_p
+    keep = torch.ones_like(top, dtype=torch.bool) if extremes.keep is None else extremes.keep
+    high = (bottom > _HALF_LOG) & keep
+    log_rest = torch.log1p(-bottom.exp())  # log(1 - min P): exact where P <= 1/2
+    at = _row_lines(high)
+    # Where P > 1/2: every class of the arg-min pixel, the line's own masked: their LSE.
+    row_pixel = extremes.pixel[1, at]
+    rows = log_probs.view(-1)[_class_rows(row_pixel, c, h * w)]  # [R, C]
+    own = ((extremes.index[1, at] // (h * w)) % c)[:, None]
     others = rows.scatter(1, own, -math.inf)
-    log_rest = others.logsumexp(dim=1)
-    line_loss = -(alpha * _finite_log(extremes.log_p[0]) + (1 - alpha) * _finite_log(log_rest))
-    # d/dz of -(1 - alpha) log(1 - P_c) = (1 - alpha) P_c (onehot_c - Q), Q = softmax of the
-    # other classes (0 where P_c = 1 exactly: the limit).
-    q = torch.where(others > -math.inf, (others - log_rest[:, None]).exp(), 0.0)
-    scale = rows.gather(1, own).exp_().mul_((1 - alpha) / denom)  # [K, 1]
-    bottom_grad = q.neg_().scatter_add_(1, own, torch.ones_like(scale)).mul_(scale)
-    top_grad = torch.full_like(line_loss, -alpha) / denom
-    if extremes.keep is not None:  # lines outside a box hold finite junk: masked
-        line_loss = line_loss.masked_fill(~extremes.keep, 0.0)
-        top_grad = top_grad.masked_fill(~extremes.keep, 0.0)
-        bottom_grad = bottom_grad.masked_fill_(~extremes.keep[:, None], 0.0)
+    row_rest = others.logsumexp(dim=1)
+    log_rest = log_rest.index_copy(0, at, torch.where(high[at], row_rest, log_rest[at]))
+    line_loss = -(alpha * _finite_log(top) + (1 - alpha) * _finite_log(log_rest))
+    line_loss = line_loss.masked_fill(~keep, 0.0)  # lines outside a box hold finite junk
+    # dL/dlog P: -alpha at the maximum; (1 - alpha) P / (1 - P) <= 1 - alpha at a minimum P <= 1/2.
+    grad = torch.stack([torch.full_like(top, -alpha), (bottom - log_rest).exp_().mul_(1 - alpha)])
+    grad = grad.masked_fill_(~torch.stack([keep, keep & ~high]), 0.0).div_(denom)
+    # P > 1/2: d/dz of -(1 - alpha) log(1 - P_c) = (1 - alpha) P_c (onehot_c - Q), Q = softmax of
+    # the other classes (0 where P_c = 1 exactly: the limit).
+    q = torch.where(others > -math.inf, (others - row_rest[:, None]).exp(), 0.0)
+    scale = rows.gather(1, own).exp_().mul_((1 - alpha) / denom) * high[at, None]  # [R, 1]
+    row_grad = q.neg_().scatter_add_(1, own, torch.ones_like(scale)).mul_(scale)
     # line_loss >= 0 up to rounding, and an empty sum is +0.0: a batch without boxes logs box=0.
     box = line_loss.sum() / denom
-    return box, _BoxLines(top_index, top_pixel, top_grad, bottom_pixel, bottom_grad)
+    return box, _BoxLines(extremes.index, extremes.pixel, grad, row_pixel, row_grad)
 
 
 class _PIPTerms(torch.autograd.Function):
     """``(lamb * L_box + L_pix, L_box, L_pix)`` from the logits, with a hand-written backward.
 
-    The pixel term and the line maxima are sums of per-entry functions of ``log P``; the
-    forward pass records ``G = dterm / dlog P`` at those entries, and the backward pass is one
-    dense pass, ``dL/dz = G - softmax(z) * sum_c G``, instead of autograd's graph of small ops
-    and ``log_softmax``'s backward. The line minima add their bounded ``dL/dz`` over the classes
-    of their pixel directly (a ``[K, C]`` scatter). Not differentiable twice.
+    Both terms are sums of per-entry functions of ``log P``: the pixel term reads one entry per
+    pixel (its label), the box term two per box line (its arg-extremes). The forward pass
+    records ``G = dterm / dlog P`` at those entries; the backward pass is then one dense pass,
+    ``dL/dz = G - softmax(z) * sum_c G``, instead of autograd's graph of small ops and
+    ``log_softmax``'s backward. A line minimum with ``P > 1/2``, where ``G`` grows without bound
+    and the dense pass would cancel it against ``softmax * G``, adds its bounded ``dL/dz`` over
+    the classes of its pixel instead (an ``[R, C]`` scatter). Not differentiable twice.
     """
 
     @staticmethod
@@ -140,16 +156,17 @@ class _PIPTerms(torch.autograd.Function):
         b, c, h, w = log_probs.shape
         pixel_grad = pixel_grad * (grad_loss + grad_pixel)  # [B, 1, H, W]
         box_scale = grad_loss * ctx.lamb + grad_box
-        top_grad = lines.top_grad * box_scale
-        # sum_c G per pixel: the label entry, plus every line maximum that falls on the pixel.
+        box_grad = (lines.grad * box_scale).view(-1)
+        # sum_c G per pixel: the label entry, plus every line extreme that falls on the pixel.
         # (scatter_add_ rather than index_add_: about twice as fast on CPU for these sizes)
-        per_pixel = pixel_grad.flatten().clone().scatter_add_(0, lines.top_pixel, top_grad)
+        per_pixel = pixel_grad.flatten().clone().scatter_add_(0, lines.pixel.view(-1), box_grad)
         grad_logits = log_probs.exp().mul_(per_pixel.neg_().view(b, 1, h, w))
         grad_logits.scatter_add_(1, safe_labels, pixel_grad)
         flat = grad_logits.view(-1)
-        flat.scatter_add_(0, lines.top_index, top_grad)
-        bottom = _class_rows(lines.bottom_pixel, c, h * w)
-        flat.scatter_add_(0, bottom.view(-1), (lines.bottom_grad * box_scale).view(-1))
+        flat.scatter_add_(0, lines.index.view(-1), box_grad)
+        # Minima with P > 1/2 bring dL/dz of every class at their pixel (see _box_term).
+        rows = _class_rows(lines.row_pixel, c, h * w)
+        flat.scatter_add_(0, rows.view(-1), (lines.row_grad * box_scale).view(-1))
         return grad_logits, None, None, None
 
 
