@@ -22,19 +22,19 @@ from pipseg.losses import PIPLoss
 
 class NaiveLoopPIP(torch.nn.Module):
     """The published loss structure: Python loops over images and boxes, per-box tensor
-    indexing (each comparison and slice bound is a host sync). Clamped like PIPLoss so the two
-    give the same value."""
+    indexing (each comparison and slice bound is a host sync), unguarded logs as published
+    (finite at these logit scales; PIPLoss needs no clamp either, so the two agree)."""
 
-    def __init__(self, lamb=0.2, alpha=0.5, tau=5.0, r=5, sigma=2.0, eps=1e-6) -> None:
+    def __init__(self, lamb=0.2, alpha=0.5, tau=5.0, r=5, sigma=2.0) -> None:
         super().__init__()
-        self.lamb, self.alpha, self.tau, self.r, self.eps = lamb, alpha, tau, r, eps
+        self.lamb, self.alpha, self.tau, self.r = lamb, alpha, tau, r
         x = torch.arange(-r, r + 1, dtype=torch.float32)
         g = torch.exp(-(x**2) / (2 * sigma**2))
         g = g / g.sum()
         self.register_buffer("kernel", (g[:, None] * g[None, :])[None, None])
 
     def forward(self, logits, labels, bboxes):
-        alpha, eps = self.alpha, self.eps
+        alpha = self.alpha
         num_rc = 1e-5
         loss_rc = torch.zeros([1], device=logits.device)
         soft = logits.softmax(dim=1)
@@ -48,12 +48,10 @@ class NaiveLoopPIP(torch.nn.Module):
                     continue
                 region = soft[i, cls_id, y_min : y_max + 1, x_min : x_max + 1]
                 loss_rc -= (
-                    alpha * torch.log(region.max(dim=0).values.clamp(eps, 1 - eps)).sum()
-                    + (1 - alpha)
-                    * torch.log(1 - region.min(dim=0).values.clamp(eps, 1 - eps)).sum()
-                    + alpha * torch.log(region.max(dim=1).values.clamp(eps, 1 - eps)).sum()
-                    + (1 - alpha)
-                    * torch.log(1 - region.min(dim=1).values.clamp(eps, 1 - eps)).sum()
+                    alpha * torch.log(region.max(dim=0).values).sum()
+                    + (1 - alpha) * torch.log(1 - region.min(dim=0).values).sum()
+                    + alpha * torch.log(region.max(dim=1).values).sum()
+                    + (1 - alpha) * torch.log(1 - region.min(dim=1).values).sum()
                 )
                 num_rc += h + w
 

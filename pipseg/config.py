@@ -98,7 +98,13 @@ class LossConfig(_Section):
     tau: Annotated[float, Field(ge=0)] = 5.0
     radius: Annotated[int, Field(ge=0)] = 5
     sigma: PositiveFloat = 2.0
-    eps: Annotated[float, Field(gt=0, lt=0.5)] = 1e-6
+    eps: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="not used, accepted so older configs load: the box term needs no clamp "
+        "(docs/METHOD.md section 2)",
+    )
     # Box-line extremes: "auto" = compiled (Numba) on CPU, PyTorch on GPU; "dense" = PyTorch always.
     box_search: Literal["auto", "dense"] = "auto"
 

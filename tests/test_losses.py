@@ -1,27 +1,35 @@
-"""PIPLoss against an independent naive implementation written straight from PIP.md section 2.
+"""PIPLoss against an independent naive implementation written straight from METHOD.md section 2.
 
-The oracle below loops over images and boxes, builds its own 2-D Gaussian and pads with
-``np.pad(mode="reflect")``; it shares no code with ``pipseg.losses``.
+The oracle below loops over images, boxes and box lines in float64 with plain autograd, builds
+its own 2-D Gaussian and pads with ``np.pad(mode="reflect")``; it shares no code with
+``pipseg.losses`` and clamps nothing.
 """
 
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pipseg.box_search import (
+from pipseg.config import LossConfig
+from pipseg.engine.criterion import build_loss
+from pipseg.losses import (
+    CrossEntropyLoss,
+    PIPLoss,
     compiled_box_extremes,
     compiled_search_available,
     dense_box_extremes,
+    to_logit_grid,
 )
-from pipseg.config import LossConfig
-from pipseg.losses import CrossEntropyLoss, PIPLoss, _BoxGeometry, build_loss, to_logit_grid
+from pipseg.losses.geometry import BoxGeometry
 
-DEFAULTS = dict(lamb=0.2, alpha=0.5, tau=5.0, radius=5, sigma=2.0, eps=1e-6)
+DEFAULTS = dict(lamb=0.2, alpha=0.5, tau=5.0, radius=5, sigma=2.0)
+SEARCHES = ["auto", "dense"]
 
 
 # --------------------------------------------------------------------------- naive oracle
@@ -54,10 +62,14 @@ def naive_pixel_weights(boxes: np.ndarray, h: int, w: int, tau: float, r: int, s
     return gamma / gamma.sum(axis=(1, 2), keepdims=True) * h * w
 
 
-def naive_pip(logits, labels, boxes, lamb, alpha, tau, radius, sigma, eps):
-    """(loss, box, pixel) from the equations; autograd flows through ``logits``."""
-    b_count, _, h, w = logits.shape
-    probs = torch.softmax(logits, dim=1)
+def naive_pip(logits, labels, boxes, lamb, alpha, tau, radius, sigma):
+    """(loss, box, pixel) from the equations in float64; autograd flows through ``logits``.
+
+    No clamp anywhere. ``1 - P`` is written as the sum of the other classes' ``P`` (the same
+    number: float64 cannot hold ``1 - P`` once ``P`` rounds to 1, at large logits).
+    """
+    b_count, c_count, h, w = logits.shape
+    probs = torch.softmax(logits.double(), dim=1)
     box_sum = 0.0 * logits.sum()  # keeps the graph when there is no box
     sizes = 1e-5
     for b in range(b_count):
@@ -65,24 +77,22 @@ def naive_pip(logits, labels, boxes, lamb, alpha, tau, radius, sigma, eps):
             if c == -1:
                 continue
             region = probs[b, c, y0 : y1 + 1, x0 : x1 + 1]
-            for j in range(region.shape[1]):
-                col = region[:, j].clamp(eps, 1 - eps)
+            others = [k for k in range(c_count) if k != c]
+            rest = probs[b, others, y0 : y1 + 1, x0 : x1 + 1].sum(dim=0)  # 1 - region
+            lines = [(region[:, j], rest[:, j]) for j in range(region.shape[1])]
+            lines += [(region[i, :], rest[i, :]) for i in range(region.shape[0])]
+            for line, line_rest in lines:  # 1 - min P = max (1 - P)
                 box_sum = (
-                    box_sum + alpha * torch.log(col.max()) + (1 - alpha) * torch.log(1 - col.min())
-                )
-            for i in range(region.shape[0]):
-                row = region[i, :].clamp(eps, 1 - eps)
-                box_sum = (
-                    box_sum + alpha * torch.log(row.max()) + (1 - alpha) * torch.log(1 - row.min())
+                    box_sum + alpha * torch.log(line.max()) + (1 - alpha) * torch.log(line_rest.max())
                 )
             sizes += (y1 - y0 + 1) + (x1 - x0 + 1)
     l_box = -box_sum / sizes
 
     g = torch.as_tensor(
-        naive_pixel_weights(boxes.numpy(), h, w, tau, radius, sigma), dtype=logits.dtype
+        naive_pixel_weights(boxes.numpy(), h, w, tau, radius, sigma), dtype=torch.float64
     )
-    logp = torch.log_softmax(logits, dim=1)
-    total = logits.new_zeros(())
+    logp = torch.log_softmax(logits.double(), dim=1)
+    total = logp.new_zeros(())
     for b in range(b_count):
         for i in range(h):
             for j in range(w):
@@ -91,6 +101,22 @@ def naive_pip(logits, labels, boxes, lamb, alpha, tau, radius, sigma, eps):
                     total = total - g[b, i, j] * logp[b, y, i, j]
     l_pix = total / (b_count * h * w)
     return lamb * l_box + l_pix, l_box, l_pix
+
+
+def published_clamped_box(logits, boxes, alpha, eps):
+    """The box term as pipseg 0.1.0 computed it: P clamped to
+    ``[eps, 1 - eps]`` before the logs (kept only to show what the clamp lost)."""
+    probs = torch.softmax(logits.double(), dim=1)
+    total, sizes = 0.0 * logits.sum(), 1e-5
+    for b in range(logits.shape[0]):
+        for x0, y0, x1, y1, c in boxes[b].tolist():
+            region = probs[b, c, y0 : y1 + 1, x0 : x1 + 1]
+            for dim in (0, 1):
+                top = region.max(dim=dim).values.clamp(eps, 1 - eps)
+                bottom = region.min(dim=dim).values.clamp(eps, 1 - eps)
+                total = total - (alpha * top.log() + (1 - alpha) * torch.log(1 - bottom)).sum()
+            sizes += (y1 - y0 + 1) + (x1 - x0 + 1)
+    return total / sizes
 
 
 # --------------------------------------------------------------------------- random cases
@@ -112,7 +138,14 @@ def random_box(rng: np.random.Generator, h: int, w: int, c: int) -> list[int]:
     return [x0, y0, x1, y1, c]
 
 
-def random_case(seed: int):
+def random_case(seed: int, std: float = 3.0, box_class: str = "random"):
+    """Random logits (standard deviation ``std``), labels, padded boxes and loss parameters.
+
+    ``box_class``: "random" leaves the logits as drawn; "absent" lowers each image's box
+    classes by ``6 std + 10`` everywhere (no pixel of the class scores high: line maxima of P far
+    below 1e-6, where a clamp zeroed the gradient); "dominant" raises them by as much (line
+    minima of P round to 1, where ``log(1 - P)`` is -inf when taken literally).
+    """
     rng = np.random.default_rng(seed)
     b_count = int(rng.integers(1, 4))
     c_count = int(rng.integers(2, 6))
@@ -132,14 +165,17 @@ def random_case(seed: int):
     labels[rng.random((b_count, h, w)) < 0.2] = 255
     if rng.random() < 0.1:
         labels[:] = 255
-    logits = torch.as_tensor(rng.normal(0, 3, (b_count, c_count, h, w)), dtype=torch.float64)
+    logits = torch.as_tensor(rng.normal(0, std, (b_count, c_count, h, w)), dtype=torch.float64)
+    shift = {"random": 0.0, "absent": -(6 * std + 10), "dominant": 6 * std + 10}[box_class]
+    for b in range(b_count):
+        for c in set(boxes[b, :, 4].tolist()) - {-1}:
+            logits[b, c] += shift
     params = dict(
         lamb=float(rng.uniform(0, 1)),
         alpha=float(rng.uniform(0, 1)),
         tau=float(rng.uniform(0, 8)),
         radius=int(rng.integers(0, 7)),
         sigma=float(rng.uniform(0.5, 3)),
-        eps=1e-6,
     )
     if seed % 3 == 0:
         params = dict(DEFAULTS)
@@ -167,6 +203,91 @@ def test_matches_naive_value_and_gradient(seed: int, box_search: str) -> None:
     (parts["loss"] + 0.3 * parts["box"] - 0.7 * parts["pixel"]).backward()
     (loss + 0.3 * box - 0.7 * pixel).backward()
     assert_close(z1.grad, z2.grad)
+
+
+def assert_matches_oracle(logits: torch.Tensor, labels, boxes, params, box_search: str) -> None:
+    """Value and gradient of all three outputs against :func:`naive_pip` on the float64 copy of
+    ``logits``; float32 and lower within float32 rounding (relative to the gradient's scale)."""
+    z1 = logits.detach().clone().requires_grad_(True)
+    z2 = logits.detach().double().clone().requires_grad_(True)
+    parts = PIPLoss(**params, box_search=box_search).forward_parts(z1, labels, boxes)
+    expected = naive_pip(z2, labels, boxes, **params)
+    (parts["loss"] + 0.3 * parts["box"] - 0.7 * parts["pixel"]).backward()
+    (expected[0] + 0.3 * expected[1] - 0.7 * expected[2]).backward()
+    if logits.dtype == torch.float64:
+        for name, value in zip(("loss", "box", "pixel"), expected, strict=True):
+            assert_close(parts[name], value)
+        assert_close(z1.grad, z2.grad)
+        return
+    for name, value in zip(("loss", "box", "pixel"), expected, strict=True):
+        torch.testing.assert_close(parts[name].double(), value, rtol=2e-6, atol=1e-6)
+    scale = z2.grad.abs().max().item()
+    torch.testing.assert_close(z1.grad.double(), z2.grad, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("box_search", SEARCHES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("box_class", ["random", "absent", "dominant"])
+@pytest.mark.parametrize("std", [1.0, 3.0, 10.0])
+@pytest.mark.parametrize("seed", [100, 101, 102])
+def test_matches_unclamped_oracle_at_every_logit_scale(
+    seed: int, std: float, box_class: str, dtype: torch.dtype, box_search: str
+) -> None:
+    logits, labels, boxes, params = random_case(seed, std=std, box_class=box_class)
+    assert_matches_oracle(logits.to(dtype), labels, boxes, params, box_search)
+
+
+@pytest.mark.parametrize("box_class", ["random", "dominant"])
+def test_the_accelerator_path_takes_every_line_in_row_form(
+    box_class: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off the CPU every line minimum goes through the [K, C] row form, masked (no host sync):
+    the same loss and gradient as the CPU's selection, against the oracle."""
+    import pipseg.losses.pip as pip_module
+
+    logits, labels, boxes, params = random_case(105, std=10.0, box_class=box_class)
+    monkeypatch.setattr(
+        pip_module, "_row_lines", lambda high: torch.arange(high.numel(), device=high.device)
+    )
+    for box_search in SEARCHES:
+        assert_matches_oracle(logits, labels, boxes, params, box_search)
+        assert_matches_oracle(logits.float(), labels, boxes, params, box_search)
+
+
+@pytest.mark.parametrize("box_search", SEARCHES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_lines_below_the_old_clamp_get_their_gradient(dtype: torch.dtype, box_search: str) -> None:
+    """The 0.1.0 failure: every line of a box whose class scores low everywhere has max P below
+    the clamp's 1e-6, so the clamp zeroed the whole box term's gradient. It must not be zero."""
+    torch.manual_seed(13)
+    logits = torch.randn(1, 3, 5, 6, dtype=torch.float64)
+    logits[0, 1] -= 20.0  # P(class 1) about 1e-9 everywhere
+    labels = torch.full((1, 5, 6), 255)  # no pixel term: only the box term acts
+    boxes = torch.tensor([[[1, 0, 4, 3, 1]]])
+    assert torch.softmax(logits, 1)[0, 1].max() < 1e-6
+    z = logits.clone().requires_grad_(True)
+    published_clamped_box(z, boxes, alpha=0.5, eps=1e-6).backward()
+    assert (z.grad == 0).all()  # what the clamp did: no gradient at all
+    assert_matches_oracle(logits.to(dtype), labels, boxes, DEFAULTS, box_search)
+    z = logits.to(dtype).requires_grad_(True)
+    PIPLoss(box_search=box_search)(z, labels, boxes).backward()
+    # Every line pulls its maximum of class 1 up: 4 rows + 4 columns, each at least one entry.
+    assert (z.grad[0, 1, 0:4, 1:5] < 0).sum() >= 4
+
+
+@pytest.mark.parametrize("box_search", SEARCHES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("std", [30.0, 100.0, 1e4])
+def test_any_logit_scale_gives_finite_nonzero_gradients(
+    std: float, dtype: torch.dtype, box_search: str
+) -> None:
+    for box_class in ("random", "absent", "dominant"):
+        logits, labels, boxes, params = random_case(7, std=std, box_class=box_class)
+        z = logits.to(dtype).requires_grad_(True)
+        parts = PIPLoss(**params, box_search=box_search).forward_parts(z, labels, boxes)
+        parts["box"].backward()
+        assert all(torch.isfinite(v) for v in parts.values()), box_class
+        assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0, box_class
 
 
 def test_default_case_at_training_size() -> None:
@@ -237,7 +358,7 @@ def test_maps_not_larger_than_the_radius(hw: tuple[int, int]) -> None:
     assert_close(parts["pixel"], pixel)
 
 
-def test_saturated_probabilities_are_clamped() -> None:
+def test_saturated_probabilities_stay_finite_and_exact() -> None:
     logits = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
     logits[0, 1] = 200.0  # P(class 1) == 1 to double precision: log(1 - min) would be -inf
     logits[0, 1, 0, 0] = -200.0  # and P == 0 at one pixel
@@ -294,6 +415,25 @@ def test_autocast_bfloat16_runs_in_float32() -> None:
     )
 
 
+@pytest.mark.parametrize("box_search", SEARCHES)
+def test_autocast_bfloat16_matches_the_oracle_at_large_scale(box_search: str) -> None:
+    logits, labels, boxes, params = random_case(104, std=10.0, box_class="absent")
+    z = logits.to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = PIPLoss(**params, box_search=box_search).forward_parts(z, labels, boxes)
+    assert all(v.dtype == torch.float32 for v in parts.values())
+    parts["loss"].backward()
+    assert z.grad.dtype == torch.bfloat16 and torch.isfinite(z.grad).all()
+    # The loss ran in float32 on the bf16 values: that is what the oracle sees too.
+    exact = logits.to(torch.bfloat16).double().requires_grad_(True)
+    loss, _, _ = naive_pip(exact, labels, boxes, **params)
+    loss.backward()
+    torch.testing.assert_close(parts["loss"].double(), loss, rtol=2e-6, atol=1e-6)
+    scale = exact.grad.abs().max().item()
+    # The gradient is handed back in bf16 (8 bits of mantissa).
+    torch.testing.assert_close(z.grad.double(), exact.grad, rtol=1e-2, atol=1e-2 * scale)
+
+
 def test_forward_has_no_data_dependent_host_sync() -> None:
     """On the meta device every .item()/.tolist()/boolean indexing fails: the loss must not."""
     logits = torch.empty(3, 5, 9, 7, device="meta", requires_grad=True)
@@ -339,7 +479,7 @@ def test_both_box_searches_find_the_true_extremes(seed: int) -> None:
     log_probs = logits.float().log_softmax(1)  # float32, as in training
     b, c, h, w = log_probs.shape
     expected = naive_line_extremes(log_probs.numpy(), boxes.numpy())
-    geometry = _BoxGeometry.from_boxes(boxes, h, w)
+    geometry = BoxGeometry.from_boxes(boxes, h, w)
     found = {
         "compiled": compiled_box_extremes(log_probs, boxes),
         "dense": dense_box_extremes(log_probs, geometry.cls, geometry.row_in, geometry.col_in),
@@ -409,6 +549,11 @@ def test_minus_inf_logits_stay_finite(box_search: str) -> None:
     boxes = torch.tensor([[[0, 0, 1, 0, 1]]])
     parts = PIPLoss(box_search=box_search).forward_parts(logits, labels, boxes)
     assert all(math.isfinite(v.item()) for v in parts.values())
+    # Both searches count the P = 0 line alike.
+    assert_close(parts["box"], PIPLoss(box_search="dense").forward_parts(logits, labels, boxes)["box"])
+    z = logits.clone().requires_grad_(True)
+    PIPLoss(box_search=box_search)(z, labels, boxes).backward()
+    assert torch.isfinite(z.grad).all()
 
 
 def test_box_classes_must_exist_in_the_logits() -> None:
@@ -430,7 +575,7 @@ def test_auto_search_is_compiled_on_cpu() -> None:
     """Numba is a declared dependency, so the fast CPU search is the one that runs here."""
     assert compiled_search_available()
     logits, labels, boxes, _ = random_case(1)
-    geometry = _BoxGeometry.from_boxes(boxes, *logits.shape[-2:])
+    geometry = BoxGeometry.from_boxes(boxes, *logits.shape[-2:])
     log_probs = logits.log_softmax(1)
     assert PIPLoss()._box_extremes(log_probs, boxes, geometry).keep is None
     assert PIPLoss(box_search="dense")._box_extremes(log_probs, boxes, geometry).keep is not None
@@ -475,6 +620,32 @@ def test_bad_shapes_raise() -> None:
         )
 
 
+def test_ignore_index_is_the_losses_own_setting() -> None:
+    logits, labels, boxes, params = random_case(6)
+    relabelled = labels.masked_fill(labels == 255, 7)
+    pip = PIPLoss(**params, ignore_index=7).forward_parts(logits, relabelled, boxes)
+    expected = PIPLoss(**params).forward_parts(logits, labels, boxes)
+    assert_close(pip["loss"], expected["loss"])
+    ce = CrossEntropyLoss(ignore_index=7)(logits, relabelled)
+    assert_close(ce, torch.nn.CrossEntropyLoss(ignore_index=255)(logits, labels))
+
+
+def test_losses_import_nothing_else_from_pipseg() -> None:
+    """The loss is a leaf: no data, config or engine import (``pipseg.errors`` is allowed)."""
+    import pipseg.losses
+
+    folder = Path(pipseg.losses.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):  # relative: "." is pipseg.losses, ".." pipseg
+                parent = ["", "pipseg.losses.", "pipseg."][min(node.level, 2)]
+                names = [parent + (node.module or "")]
+            for name in names:
+                allowed = name.startswith("pipseg.losses") or name == "pipseg.errors"
+                assert not name.startswith("pipseg") or allowed, f"{path.name} imports {name}"
+
+
 # --------------------------------------------------------------------------- CE baseline
 def test_cross_entropy_baseline() -> None:
     torch.manual_seed(6)
@@ -496,17 +667,28 @@ def test_build_loss() -> None:
         LossConfig(kind="pip", lamb=0.3, alpha=0.4, tau=2.0, radius=3, sigma=1.5, eps=1e-5)
     )
     assert isinstance(loss, PIPLoss)
-    assert (loss.lamb, loss.alpha, loss.tau, loss.radius, loss.sigma, loss.eps) == (
-        0.3,
-        0.4,
-        2.0,
-        3,
-        1.5,
-        1e-5,
-    )
+    assert (loss.lamb, loss.alpha, loss.tau, loss.radius, loss.sigma) == (0.3, 0.4, 2.0, 3, 1.5)
     assert loss.kernel.numel() == 7
     assert loss.box_search == "auto"
     assert build_loss(LossConfig(kind="pip", box_search="dense")).box_search == "dense"
+    # The data's ignore id reaches both losses.
+    assert loss.ignore_index == 255 and build_loss(LossConfig(kind="ce")).ignore_index == 255
+
+
+def test_old_eps_settings_load_and_change_nothing() -> None:
+    """``loss.eps`` (a clamp in 0.1.0) still validates, from 0 up, and builds the same loss."""
+    logits, labels, boxes, _ = random_case(3, std=10.0, box_class="absent")
+    values = []
+    for eps in (0.0, 1e-12, 1e-6, 0.1):
+        loss_fn = build_loss(LossConfig(kind="pip", eps=eps))
+        z = logits.float().requires_grad_(True)
+        loss = loss_fn(z, labels, boxes)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+        values.append(loss.item())
+    assert len(set(values)) == 1
+    with pytest.raises(ValueError):
+        LossConfig(eps=-1e-6)
 
 
 # --------------------------------------------------------------------------- to_logit_grid

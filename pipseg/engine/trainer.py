@@ -40,6 +40,7 @@ from pipseg.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pipseg.engine.criterion import build_loss
 from pipseg.engine.distributed import (
     DistInfo,
     all_gather_objects,
@@ -52,7 +53,7 @@ from pipseg.engine.distributed import (
 from pipseg.errors import PipsegError
 from pipseg.evaluate import evaluate_model
 from pipseg.io import atomic_write_json, atomic_write_text, file_digest
-from pipseg.losses import build_loss, to_logit_grid
+from pipseg.losses import to_logit_grid
 from pipseg.models import (
     CHECKPOINT_FORMAT,
     build_model,
