@@ -69,7 +69,7 @@ BAD_CONFIGS = {
     "wrong_type": ("optim:\n  iters: many\n", "optim.iters", "integer"),
     "out_of_range": ("optim:\n  lr: 0\n", "optim.lr", "greater than 0"),
     "alpha_range": ("loss:\n  alpha: 1.5\n", "loss.alpha", "less than or equal to 1"),
-    "bad_choice": ("runtime:\n  device: tpu\n", "runtime.device", "'auto', 'cpu' or 'cuda'"),
+    "bad_choice": ("runtime:\n  device: tpu\n", "runtime.device", "use auto, cpu, cuda or cuda:N"),
     "bad_kind": ("loss:\n  kind: focal\n", "loss.kind", "'pip' or 'ce'"),
     "malformed": ("optim: [lr: 0.1\n", "malformed YAML", "line"),
     "not_mapping": ("- 1\n- 2\n", "mapping", "list"),
