@@ -1,12 +1,13 @@
 """The run configuration: pydantic models loaded from YAML, with ``--set key=value`` overrides.
 
-The defaults of these models are the paper's recipe (PIP.md section 3); the files in
+The defaults of these models are the paper's recipe (METHOD.md section 3); the files in
 ``configs/`` only state what differs from them, so shared values live in one place.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -90,7 +91,7 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
-    """PIP loss (PIP.md section 2) or plain cross-entropy."""
+    """PIP loss (METHOD.md section 2) or plain cross-entropy."""
 
     kind: Literal["pip", "ce"] = "pip"
     lamb: Annotated[float, Field(ge=0)] = 0.2
@@ -125,7 +126,7 @@ class OptimConfig(_Section):
 class RuntimeConfig(_Section):
     """Device, precision, logging, checkpointing."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda (cuda:LOCAL_RANK under torchrun) or cuda:N")
     out_dir: Path = Path("runs/default")
     amp: Literal["none", "bf16", "fp16"] = "none"
     channels_last: bool = False
@@ -135,9 +136,17 @@ class RuntimeConfig(_Section):
     ckpt_every: PositiveInt = 1000
     val_max_images: PositiveInt | None = None
 
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, name: str) -> str:
+        name = name.strip().lower()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+            raise ValueError(f"'{name}' is not a device; use auto, cpu, cuda or cuda:N")
+        return name
+
 
 class EvalConfig(_Section):
-    """Test recipe (PIP.md section 4)."""
+    """Test recipe (METHOD.md section 4)."""
 
     pad_size: PositiveInt = 513
     batch_size: PositiveInt = 1
@@ -150,7 +159,7 @@ class EvalConfig(_Section):
 
 
 class CRFConfig(_Section):
-    """DenseCRF parameters (PIP.md section 4)."""
+    """DenseCRF parameters (METHOD.md section 4)."""
 
     iters: PositiveInt = 10
     gauss_sxy: PositiveFloat = 3.0

@@ -22,6 +22,7 @@ from pipseg.data.labels import colorize, write_label
 from pipseg.data.prepare import prepare_dataset
 from pipseg.data.pseudo import make_pseudo
 from pipseg.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
+from pipseg.device import resolve_device
 from pipseg.engine.checkpoint import run_progress
 from pipseg.engine.trainer import train
 from pipseg.errors import PipsegError
@@ -87,6 +88,27 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data.tobytes()))
 
 
+def show_predictions(
+    cfg: Config, checkpoint: Path, pred_dir: Path, sheet: Path, *, n_show: int, device: torch.device
+) -> None:
+    """Predict the first ``n_show`` val images into ``pred_dir`` (label PNG and overlay each) and
+    draw them beside their ground truth and pseudo labels on the contact sheet ``sheet``."""
+    source = cfg.data.label_source
+    model, meta = model_from_checkpoint(checkpoint, device=device)
+    val = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False)
+    rows = []
+    for index in range(min(n_show, len(val))):
+        image, gt, boxes = val.load(index)
+        image_id = val.ids[index]
+        probs = predict_probs(model, image, pad_size=cfg.eval.pad_size, device=device)
+        pred = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        pseudo = make_pseudo(source, image, boxes, cfg.crf)
+        write_label(pred_dir / f"{image_id}.png", pred)
+        _write_png(pred_dir / f"{image_id}_overlay.png", overlay_image(image, pred, meta["classes"]))
+        rows.append([image, colorize(gt), colorize(pseudo), colorize(pred)])
+    _write_png(sheet, contact_sheet(rows, ["image", "ground truth", f"pseudo ({source})", "prediction"]))
+
+
 def run_demo(
     workdir: Path,
     *,
@@ -125,25 +147,12 @@ def run_demo(
     checkpoint = run_dir / "last.pt"
 
     stage("evaluating on the val split against ground truth")
-    device = "cuda" if cfg.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.runtime.device, option="runtime.device")
     metrics, _ = evaluate_checkpoint(cfg, checkpoint, crf=with_crf, device=device)
 
     stage("writing predictions and the contact sheet")
-    model, meta = model_from_checkpoint(checkpoint, device=device)
-    val = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False)
-    pred_dir = workdir / "predictions"
-    rows = []
-    for index in range(min(n_show, len(val))):
-        image, gt, boxes = val.load(index)
-        image_id = val.ids[index]
-        probs = predict_probs(model, image, pad_size=cfg.eval.pad_size, device=device)
-        pred = probs.argmax(0).to(torch.uint8).cpu().numpy()
-        pseudo = make_pseudo(source, image, boxes, cfg.crf)
-        write_label(pred_dir / f"{image_id}.png", pred)
-        _write_png(pred_dir / f"{image_id}_overlay.png", overlay_image(image, pred, meta["classes"]))
-        rows.append([image, colorize(gt), colorize(pseudo), colorize(pred)])
-    sheet = workdir / "contact_sheet.png"
-    _write_png(sheet, contact_sheet(rows, ["image", "ground truth", f"pseudo ({source})", "prediction"]))
+    pred_dir, sheet = workdir / "predictions", workdir / "contact_sheet.png"
+    show_predictions(cfg, checkpoint, pred_dir, sheet, n_show=n_show, device=device)
 
     return DemoResult(
         workdir=workdir, data_root=data_root, run_dir=run_dir, checkpoint=checkpoint,

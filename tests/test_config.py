@@ -35,7 +35,7 @@ def test_shipped_config_validates(path: Path):
 
 @pytest.mark.parametrize("name", ["sdi", "wssl"])
 def test_paper_runs_use_the_published_recipe(name: str):
-    """PIP.md section 3: the two box-supervised runs of the paper."""
+    """METHOD.md section 3: the two box-supervised runs of the paper."""
     cfg = load_config(Path("configs") / f"{name}.yaml")
     assert cfg.model.name == "vgg16_largefov"
     assert cfg.loss.kind == "pip"
@@ -69,7 +69,7 @@ BAD_CONFIGS = {
     "wrong_type": ("optim:\n  iters: many\n", "optim.iters", "integer"),
     "out_of_range": ("optim:\n  lr: 0\n", "optim.lr", "greater than 0"),
     "alpha_range": ("loss:\n  alpha: 1.5\n", "loss.alpha", "less than or equal to 1"),
-    "bad_choice": ("runtime:\n  device: tpu\n", "runtime.device", "'auto', 'cpu' or 'cuda'"),
+    "bad_choice": ("runtime:\n  device: tpu\n", "runtime.device", "use auto, cpu, cuda or cuda:N"),
     "bad_kind": ("loss:\n  kind: focal\n", "loss.kind", "'pip' or 'ce'"),
     "malformed": ("optim: [lr: 0.1\n", "malformed YAML", "line"),
     "not_mapping": ("- 1\n- 2\n", "mapping", "list"),
@@ -165,3 +165,14 @@ def test_model_names_match_the_registry(tmp_path: Path):
 def test_config_path_is_a_folder(tmp_path: Path):
     result = runner.invoke(app, ["config", "show", str(tmp_path)])
     assert result.exit_code == 2 and "is a folder" in result.output
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:3", "CUDA:1"])
+def test_device_names_accepted(name: str):
+    assert load_config(None, [f"runtime.device={name}"]).runtime.device == name.lower()
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "cuda:-1", "mps", "cpu:0"])
+def test_bad_device_names_the_key(name: str):
+    with pytest.raises(PipsegError, match=r"runtime\.device: .*auto, cpu, cuda or cuda:N"):
+        load_config(None, [f"runtime.device={name}"])

@@ -33,8 +33,9 @@ SCRIPT = textwrap.dedent(
     from torch import nn
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    import pipseg.engine.trainer as engine
     from pipseg.config import load_config
+    from pipseg.engine import train
+    from pipseg.models import build_model
 
 
     def frozen(module):
@@ -57,10 +58,10 @@ SCRIPT = textwrap.dedent(
             return {"loss": ce, "box": torch.zeros_like(ce), "pixel": ce}
 
 
-    build = engine.build_model
-    engine.build_model = lambda name, n: frozen(build(name, n))
-    engine.build_loss = lambda cfg: PixelMeanCE()
-    engine.train(load_config(sys.argv[1]), force=True)
+    cfg = load_config(sys.argv[1])
+    torch.manual_seed(cfg.runtime.seed)  # every rank and the single process: the same init
+    model = frozen(build_model(cfg.model.name, len(cfg.data.classes)))
+    train(cfg, model=model, loss=PixelMeanCE(), force=True)
     '''
 )
 

@@ -17,8 +17,10 @@ from pipseg.models import (
     CHECKPOINT_FORMAT,
     MODEL_NAMES,
     TORCHVISION_RGB,
+    build_initialised_model,
     build_model,
     imagenet_weight_file,
+    imagenet_weights,
     init_from_imagenet,
     load_checkpoint,
     load_weights,
@@ -26,7 +28,7 @@ from pipseg.models import (
     prepare_images,
 )
 
-# PIP.md section 5, written out layer by layer ("conv" = conv + ReLU).
+# METHOD.md section 5, written out layer by layer ("conv" = conv + ReLU).
 PIP_LARGEFOV = (
     ["conv"] * 2 + ["maxpool"] + ["conv"] * 2 + ["maxpool"] + ["conv"] * 3 + ["maxpool"]
     + ["conv"] * 3 + ["maxpool"] + ["conv"] * 3 + ["maxpool", "avgpool"]
@@ -83,6 +85,38 @@ def test_imagenet_weight_files() -> None:
     assert imagenet_weight_file("vgg16_largefov") == "vgg16-397923af.pth"
     assert imagenet_weight_file("deeplabv2_resnet101") == "resnet101-63fe2227.pth"
     assert imagenet_weight_file("tiny_deeplab") is None
+
+
+def test_every_imagenet_file_is_a_download() -> None:
+    """The registry's download name fetches exactly the file it names (the catalogue is the
+    other side of the contract: `pipseg download NAME` writes ASSETS[NAME].filename)."""
+    from pipseg.download import ASSETS
+
+    records = [imagenet_weights(name) for name in MODEL_NAMES]
+    assert sum(r is not None for r in records) == 2
+    for record in filter(None, records):
+        assert ASSETS[record.download].filename == record.file
+        assert ASSETS[record.download].location == "weights"
+
+
+def test_init_from_a_weight_file_records_its_digest(tmp_path) -> None:  # noqa: ANN001
+    import hashlib
+
+    from pipseg.config import ModelConfig
+
+    source = build_model("tiny_deeplab", 3)
+    torch.save(source.state_dict(), tmp_path / "start.pt")
+    model, record = build_initialised_model(ModelConfig(name="tiny_deeplab", init=str(tmp_path / "start.pt")), 3)
+    assert record == {"kind": "file", "file": str(tmp_path / "start.pt"),
+                      "sha256": hashlib.sha256((tmp_path / "start.pt").read_bytes()).hexdigest()}  # fmt: skip
+    for k, v in source.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    scratch, record = build_initialised_model(ModelConfig(name="tiny_deeplab", init="none"), 3)
+    assert record["kind"] == "none" and scratch.num_classes == 3
+    with pytest.raises(PipsegError, match="model.init: tiny_deeplab has no ImageNet weights"):
+        build_initialised_model(ModelConfig(name="tiny_deeplab", init="imagenet"), 3)
+    with pytest.raises(PipsegError, match="model.init: .*no such file"):
+        build_initialised_model(ModelConfig(name="tiny_deeplab", init=str(tmp_path / "nope.pt")), 3)
 
 
 def test_model_attributes(vgg21: nn.Module, resnet5: nn.Module) -> None:

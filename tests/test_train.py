@@ -16,14 +16,13 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 from typer.testing import CliRunner
 
-import pipseg.engine.trainer as engine
 from pipseg.cli import app
 from pipseg.config import Config, validate_config
 from pipseg.data.labels import write_label
 from pipseg.data.synthetic import SYNTHETIC_CLASSES
 from pipseg.engine import poly_lr, train
 from pipseg.errors import PipsegError
-from pipseg.models import model_from_checkpoint
+from pipseg.models import build_model, model_from_checkpoint
 
 runner = CliRunner()
 
@@ -124,7 +123,7 @@ def test_missing_imagenet_weights_names_download(prepared_root: Path, tmp_path: 
 def test_cuda_without_gpu_is_a_clear_error(prepared_root: Path, tmp_path: Path) -> None:
     cfg = make_cfg(prepared_root, tmp_path / "run", runtime={"device": "cuda"})
     result = runner.invoke(app, ["train", str(write_cfg(cfg, tmp_path / "cfg.yaml"))])
-    assert result.exit_code == 2 and "no CUDA GPU" in result.output
+    assert result.exit_code == 2 and "runtime.device cuda: CUDA is not available" in result.output
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -167,7 +166,7 @@ class PixelMeanCE(nn.Module):
         return {"loss": ce, "box": torch.zeros_like(ce), "pixel": ce}
 
 
-def test_gradient_accumulation_equals_one_big_batch(prepared_root, tmp_path, monkeypatch) -> None:
+def test_gradient_accumulation_equals_one_big_batch(prepared_root, tmp_path) -> None:
     """Batch 4 in one pass == batch 4 as 2 micro-batches of 2, after one SGD step.
 
     Only for a criterion that is a mean over samples and a model without batch coupling: PIP's
@@ -177,16 +176,15 @@ def test_gradient_accumulation_equals_one_big_batch(prepared_root, tmp_path, mon
     uses a per-sample-mean CE, isolating what the engine owns: the micro-batch split, the loss
     scaling by 1/accumulate and the single optimizer step.
     """
-    build = engine.build_model
-    monkeypatch.setattr(engine, "build_model", lambda name, n: _frozen(build(name, n)))
-    monkeypatch.setattr(engine, "build_loss", lambda loss_cfg: PixelMeanCE())
     runs = {}
     for acc in (1, 2):
         cfg = make_cfg(prepared_root, tmp_path / f"acc{acc}", optim={"iters": 1, "accumulate": acc, "lr": 0.1},
                        runtime={"val_every": 100})  # fmt: skip
-        runs[acc] = weights(train(cfg).last_checkpoint)
+        torch.manual_seed(0)
+        model = _frozen(build_model("tiny_deeplab", len(SYNTHETIC_CLASSES)))
+        runs[acc] = weights(train(cfg, model=model, loss=PixelMeanCE()).last_checkpoint)
     torch.manual_seed(0)
-    init = _frozen(build("tiny_deeplab", len(SYNTHETIC_CLASSES))).state_dict()
+    init = _frozen(build_model("tiny_deeplab", len(SYNTHETIC_CLASSES))).state_dict()
     assert not torch.equal(init["classifier.weight"], runs[1]["classifier.weight"])  # it trained
     for k in runs[1]:
         torch.testing.assert_close(runs[2][k], runs[1][k], rtol=1e-5, atol=1e-6, msg=k)
@@ -228,9 +226,20 @@ def test_fp16_autocast_channels_last_on_cpu(prepared_root: Path, tmp_path: Path)
 
 def test_force_ignores_an_unreadable_last_checkpoint(tmp_path: Path) -> None:
     """--force must be able to clear a run whose last.pt is not a training checkpoint."""
-    from pipseg.engine.trainer import resume_source
+    from pipseg.engine.run_folder import resume_source
 
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     assert resume_source(tmp_path, None, force=True) is None
     with pytest.raises(PipsegError):
         resume_source(tmp_path, None, force=False)
+
+
+def test_a_given_model_must_match_the_config(prepared_root: Path, tmp_path: Path) -> None:
+    """The checkpoint names cfg.model.name, so a caller's model of another kind is refused
+    before anything is written."""
+    cfg = make_cfg(prepared_root, tmp_path / "run")
+    with pytest.raises(PipsegError, match="model.name: .*vgg16_largefov.*tiny_deeplab"):
+        train(cfg, model=build_model("vgg16_largefov", len(SYNTHETIC_CLASSES)))
+    with pytest.raises(PipsegError, match="3 classes"):
+        train(cfg, model=build_model("tiny_deeplab", 3))
+    assert not (tmp_path / "run").exists()

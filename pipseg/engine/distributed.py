@@ -1,8 +1,14 @@
-"""torchrun support: read RANK / WORLD_SIZE / LOCAL_RANK, start and stop the process group."""
+"""torchrun support: this process's place in the job, and the process group around a run.
+
+:func:`process_group` is the one place that asks torch whether a group exists; inside it,
+``DistInfo.enabled`` says whether the collectives below talk to other ranks.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +26,34 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """Several processes, joined by :func:`process_group`."""
         return self.world_size > 1
 
     @property
     def is_main(self) -> bool:
         """Rank 0: the one process that logs and writes files."""
         return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op in one process)."""
+        if self.enabled:
+            dist.barrier()
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` as a list indexed by rank (``[obj]`` in one process)."""
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of ``tensor`` over ranks (``tensor`` itself in one process)."""
+        if not self.enabled:
+            return tensor
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out / self.world_size
 
 
 def dist_info_from_env() -> DistInfo:
@@ -37,45 +65,17 @@ def dist_info_from_env() -> DistInfo:
     )
 
 
-def init_distributed(info: DistInfo, device: torch.device) -> bool:
-    """Join the process group when torchrun started several processes.
-
-    Backend nccl on CUDA, gloo on CPU. Returns True when this call created the group (so the
-    caller should destroy it), False when single-process or already initialised.
-    """
-    if not info.enabled or dist.is_initialized():
-        return False
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size, **kwargs)
-    return True
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op when not distributed)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` as a list indexed by rank (``[obj]`` when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of ``tensor`` over ranks (``tensor`` itself when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return tensor
-    out = tensor.clone()
-    dist.all_reduce(out)
-    return out / dist.get_world_size()
-
-
-def cleanup_distributed(created: bool) -> None:
-    """Destroy the process group if :func:`init_distributed` created it."""
-    if created and dist.is_initialized():
-        dist.destroy_process_group()
+@contextmanager
+def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
+    """Join the process group when torchrun started several processes (nccl on CUDA, gloo on
+    CPU) and leave it afterwards; a group that already exists is used and left alone."""
+    created = info.enabled and not dist.is_initialized()
+    if created:
+        kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size, **kwargs)
+    try:
+        yield
+    finally:
+        if created:
+            dist.destroy_process_group()

@@ -1,14 +1,22 @@
-"""What a run leaves to read: the JSONL log, the loss / mIoU curves PNG and ``summary.json``."""
+"""What a run tells: the header, rank 0's log records and progress events, and what it leaves
+to read afterwards (the JSONL log, the loss / mIoU curves PNG and ``summary.json``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipseg.io import atomic_path, atomic_write_text
+import numpy as np
+import torch
+
+from pipseg.config import Config
+from pipseg.io import atomic_path, atomic_write_json, atomic_write_text
 
 LOG_NAME, CURVES_NAME, SUMMARY_NAME, CONFIG_NAME = "log.jsonl", "curves.png", "summary.json", "config.yaml"
+ProgressFn = Callable[[dict[str, Any]], None]
+VAL_KEYS = ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou", "iou")
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
@@ -66,3 +74,65 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def run_header(
+    cfg: Config, *, init: dict[str, Any], train_images: int, val_images: int, device: torch.device,
+    world_size: int, micro_batch: int, start_iteration: int, out_dir: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """What a run is: the ``start`` record of its log and event, and the head of its summary."""
+    o = cfg.optim
+    return {
+        "model": cfg.model.name, "init": init, "label_source": cfg.data.label_source,
+        "train_split": cfg.data.train_split, "train_images": train_images,
+        "val_split": cfg.data.val_split, "val_images": val_images, "val_labels": "gt",
+        "loss": cfg.loss.kind, "device": str(device), "world_size": world_size, "amp": cfg.runtime.amp,
+        "batch_size": o.batch_size, "accumulate": o.accumulate, "micro_batch": micro_batch,
+        "lr": o.lr, "iters": o.iters, "start_iteration": start_iteration, "out_dir": str(out_dir),
+    }  # fmt: skip
+
+
+class Reporter:
+    """Rank 0's voice: records appended to the log and events (``start``, ``iter``, ``log``,
+    ``val``, ``end``) handed to the caller's ``progress``; on other ranks it stays silent."""
+
+    def __init__(self, log_path: Path, progress: ProgressFn | None, enabled: bool) -> None:
+        self.log = JsonlLog(log_path) if enabled else None
+        self.progress = progress or (lambda event: None)
+        self.enabled = enabled
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Hand ``{"event": event, **fields}`` to ``progress``."""
+        if self.enabled:
+            self.progress({"event": event, **fields})
+
+    def record(self, event: str, record: dict[str, Any], **extra: Any) -> None:
+        """Append ``record`` to the log and hand it (with ``extra``) to ``progress``."""
+        if self.log is not None:
+            self.log.write(record)
+        self.emit(event, **record, **extra)
+
+    def start(self, header: dict[str, Any]) -> None:
+        """The ``start`` record and event."""
+        if self.log is not None:
+            self.log.write({"kind": "start", "iteration": header["start_iteration"], **header})
+        self.emit("start", **header)
+
+    def validation(self, iteration: int, metrics: dict[str, Any], best_miou: float | None) -> None:
+        """The ``val`` record and event of a validation at ``iteration``."""
+        record = {"kind": "val", "iteration": iteration, **{k: metrics[k] for k in VAL_KEYS if k in metrics}}
+        self.record("val", record, best_miou=best_miou)
+
+
+def write_summary(out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Add the final loss and throughput from the log to ``summary``, draw the curves and write
+    ``summary.json``; returns the summary written."""
+    records = read_log(out_dir / LOG_NAME)
+    train_records = [r for r in records if r.get("kind") == "train"]
+    summary = dict(summary)
+    if train_records:
+        summary["final_loss"] = {k: train_records[-1][k] for k in ("loss", "box", "pixel")}
+        summary["images_per_s"] = float(np.mean([r["images_per_s"] for r in train_records[-5:]]))
+    plot_curves(records, out_dir / CURVES_NAME)
+    atomic_write_json(out_dir / SUMMARY_NAME, summary)
+    return summary

@@ -13,7 +13,14 @@ from pipseg.models.convention import (
     get_convention,
     prepare_images,
 )
-from pipseg.models.registry import MODEL_NAMES, build_model, imagenet_weight_file
+from pipseg.models.init import build_initialised_model
+from pipseg.models.registry import (
+    MODEL_NAMES,
+    ImagenetWeights,
+    build_model,
+    imagenet_weight_file,
+    imagenet_weights,
+)
 from pipseg.models.weights import (
     CHECKPOINT_FORMAT,
     init_from_imagenet,
@@ -28,10 +35,13 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "MODEL_NAMES",
     "TORCHVISION_RGB",
+    "ImagenetWeights",
     "InputConvention",
+    "build_initialised_model",
     "build_model",
     "get_convention",
     "imagenet_weight_file",
+    "imagenet_weights",
     "init_from_imagenet",
     "load_checkpoint",
     "load_weights",

@@ -1,7 +1,8 @@
 """Models by name: builder, default input convention and ImageNet weights of each.
 
-The model classes never see a file name; what ImageNet weights exist for a model, how their keys
-map onto it and which input convention they expect live here.
+This is the one table of weight identity: which torchvision file initialises each model, which
+`pipseg download` name fetches it, how its keys map onto ours and which of our keys it leaves
+alone. The model files hold architectures and key filters only; they never see a file name.
 """
 
 from __future__ import annotations
@@ -20,24 +21,34 @@ StateFilter = Callable[[Mapping[str, torch.Tensor], str], dict[str, torch.Tensor
 
 
 @dataclass(frozen=True)
+class ImagenetWeights:
+    """torchvision's ImageNet weight file of one model, and how it maps onto the model."""
+
+    file: str  # torchvision's file name; its 8 hex digits begin the file's SHA-256
+    download: str  # the `pipseg download` name that fetches it
+    convert: StateFilter  # (state, source) -> our keys
+    skip: tuple[str, ...] = ()  # our key prefixes the file does not cover (the new classifier)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What the registry knows about one architecture."""
 
     builder: Callable[[int], nn.Module]
     convention: InputConvention  # of a freshly built model
-    imagenet_file: str | None = None  # torchvision weight file name
-    imagenet_filter: StateFilter | None = None  # torchvision keys -> our keys
-    imagenet_skip: tuple[str, ...] = ()  # our key prefixes not covered by the ImageNet weights
+    imagenet: ImagenetWeights | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
     "vgg16_largefov": ModelSpec(
-        vgg.vgg16_largefov, TORCHVISION_RGB, vgg.IMAGENET_FILE, vgg.convert_torchvision_vgg16,
-        (f"features.{vgg.FC8_INDEX}.",),
+        vgg.vgg16_largefov, TORCHVISION_RGB,
+        ImagenetWeights("vgg16-397923af.pth", "vgg16", vgg.convert_torchvision_vgg16,
+                        (f"features.{vgg.FC8_INDEX}.",)),
     ),
     "deeplabv2_resnet101": ModelSpec(
-        resnet.deeplabv2_resnet101, TORCHVISION_RGB, resnet.IMAGENET_FILE,
-        resnet.convert_torchvision_resnet101, ("aspp.",),
+        resnet.deeplabv2_resnet101, TORCHVISION_RGB,
+        ImagenetWeights("resnet101-63fe2227.pth", "resnet101", resnet.convert_torchvision_resnet101,
+                        ("aspp.",)),
     ),
     "tiny_deeplab": ModelSpec(tiny.tiny_deeplab, TORCHVISION_RGB),
 }  # fmt: skip
@@ -73,6 +84,12 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return model
 
 
+def imagenet_weights(name: str) -> ImagenetWeights | None:
+    """The ImageNet weight record of model ``name`` (None: it has none)."""
+    return get_spec(name).imagenet
+
+
 def imagenet_weight_file(name: str) -> str | None:
     """torchvision's ImageNet weight file name for model ``name`` (None: it has none)."""
-    return get_spec(name).imagenet_file
+    weights = get_spec(name).imagenet
+    return weights.file if weights else None

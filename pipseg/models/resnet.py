@@ -1,5 +1,5 @@
 """DeepLab-v2 on ResNet-101: dilated layer3/layer4 (output stride 8), ASPP with dilations
-6, 12, 18, 24 whose outputs are summed, BatchNorm frozen (PIP.md section 5).
+6, 12, 18, 24 whose outputs are summed, BatchNorm frozen (METHOD.md section 5).
 
 The backbone's modules keep torchvision's names (``conv1``, ``bn1``, ``layer1`` ... ``layer4``)
 so torchvision's ResNet-101 state dict loads with only ``fc.*`` dropped.
@@ -20,7 +20,6 @@ from torchvision.models import resnet101
 from pipseg.models.convention import TORCHVISION_RGB, InputConvention
 
 ASPP_DILATIONS = (6, 12, 18, 24)
-IMAGENET_FILE = "resnet101-63fe2227.pth"  # torchvision's IMAGENET1K_V1 ResNet-101 weights
 
 
 class ASPP(nn.Module):

@@ -1,4 +1,4 @@
-"""DeepLab-LargeFOV on VGG-16 (PIP.md section 5), laid out exactly like the authors' checkpoints.
+"""DeepLab-LargeFOV on VGG-16 (METHOD.md section 5), laid out exactly like the authors' checkpoints.
 
 The whole network is one ``nn.Sequential`` named ``features`` so that our state-dict keys equal
 the authors' (``features.0`` ... ``features.38``)::
@@ -35,8 +35,6 @@ BLOCKS = ((64, 2, 1, 2), (128, 2, 1, 2), (256, 3, 1, 2), (512, 3, 1, 1), (512, 3
 FC6_INDEX, FC7_INDEX, FC8_INDEX = 32, 35, 38
 FC_WIDTH = 1024
 FC6_DILATION = 12
-
-IMAGENET_FILE = "vgg16-397923af.pth"  # torchvision's IMAGENET1K_V1 VGG-16 weights
 
 
 def make_features(num_classes: int) -> nn.Sequential:
@@ -117,12 +115,12 @@ def convert_torchvision_vgg16(
     def take(key: str, shape: tuple[int, ...]) -> torch.Tensor:
         if key not in state:
             raise PipsegError(
-                f"{source}: missing key '{key}'; expected torchvision's VGG-16 weights ({IMAGENET_FILE})"
+                f"{source}: missing key '{key}'; expected torchvision's ImageNet VGG-16 weights"
             )
         t = state[key]
         if tuple(t.shape) != shape:
             raise PipsegError(
-                f"{source}: key '{key}' has shape {tuple(t.shape)}, expected {shape}; is this torchvision's VGG-16 ({IMAGENET_FILE})?"
+                f"{source}: key '{key}' has shape {tuple(t.shape)}, expected {shape}; is this torchvision's ImageNet VGG-16?"
             )
         return t
 

@@ -194,12 +194,12 @@ def load_weights(
 def init_from_imagenet(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Initialise the backbone of ``model`` from torchvision's ImageNet weight file ``path``.
 
-    The file's keys are converted by the model's filter (see ``imagenet_weight_file`` for the
-    file each model expects); every backbone key must be covered with the right shape. The
-    classifier keeps its random init. Sets ``model.input_convention`` to torchvision's.
+    The file's keys are converted by the model's filter (the registry's ``ImagenetWeights``
+    names the file each model expects); every backbone key must be covered with the right shape.
+    The classifier keeps its random init. Sets ``model.input_convention`` to torchvision's.
     """
     spec = get_spec(model.name)
-    if spec.imagenet_filter is None:
+    if spec.imagenet is None:
         raise PipsegError(
             f"model.init: {model.name} has no ImageNet weights; set model.init: none (or a checkpoint path)"
         )
@@ -207,9 +207,9 @@ def init_from_imagenet(model: nn.Module, path: str | os.PathLike[str]) -> nn.Mod
     state = strip_module_prefix(load_checkpoint(path))
     if not _is_state_dict(state):
         raise PipsegError(
-            f"{source}: not a plain state dict; expected torchvision's {spec.imagenet_file}"
+            f"{source}: not a plain state dict; expected torchvision's {spec.imagenet.file}"
         )
-    _load_exact(model, spec.imagenet_filter(state, source), source, skip=spec.imagenet_skip)
+    _load_exact(model, spec.imagenet.convert(state, source), source, skip=spec.imagenet.skip)
     model.input_convention = spec.convention
     return model
 
