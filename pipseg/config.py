@@ -135,6 +135,7 @@ class RuntimeConfig(_Section):
     val_every: PositiveInt = 2000
     ckpt_every: PositiveInt = 1000
     val_max_images: PositiveInt | None = None
+    tensorboard: bool = Field(False, description="also write TensorBoard scalars to out_dir/tensorboard")
 
     @field_validator("device")
     @classmethod

@@ -1,4 +1,4 @@
-"""Every evaluation loop of pipseg (PIP.md section 4 metrics), counted by `pipseg.metrics`.
+"""Every evaluation loop of pipseg (docs/METHOD.md section 4 metrics), counted by `pipseg.metrics`.
 
 - `evaluate_model`: a model on labelled images with the test recipe (``eval`` and training's
   validation), sharded across torch.distributed ranks.

@@ -1,4 +1,4 @@
-"""Test-time prediction (PIP.md section 4): the recipe every prediction in pipseg goes through.
+"""Test-time prediction (docs/METHOD.md section 4): the recipe every prediction in pipseg goes through.
 
 The recipe: pad the image bottom/right to ``pad_size`` (513) with zeros *after* the input
 convention is applied (the same as padding with the convention's mean colour), run the network,
@@ -28,7 +28,7 @@ from pipseg.models import CHECKPOINT_FORMAT, load_checkpoint
 from pipseg.models.convention import InputConvention, prepare_images
 
 TTA_SCALES: tuple[float, ...] = (0.75, 1.0, 1.25)
-DEFAULT_PAD_SIZE = 513  # PIP.md section 4; the recipe of checkpoints that record none (the authors')
+DEFAULT_PAD_SIZE = 513  # docs/METHOD.md section 4; the recipe of checkpoints that record none (the authors')
 
 Image = np.ndarray | torch.Tensor  # uint8 RGB, [H, W, 3] numpy or [3, H, W] tensor
 
@@ -186,7 +186,7 @@ def predict_probs(
     tta: bool = False,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Class probabilities ``[C, H, W]`` float32 for one uint8 RGB image (PIP.md section 4).
+    """Class probabilities ``[C, H, W]`` float32 for one uint8 RGB image (docs/METHOD.md section 4).
 
     The tensor is on ``device`` (default: the model's device).
     """

@@ -1,4 +1,4 @@
-"""Segmentation scores from a confusion matrix (PIP.md section 4)."""
+"""Segmentation scores from a confusion matrix (docs/METHOD.md section 4)."""
 
 from __future__ import annotations
 

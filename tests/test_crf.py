@@ -40,7 +40,7 @@ def scene(seed: int, h: int = 24, w: int = 32) -> tuple[np.ndarray, np.ndarray]:
 
 
 def direct_pydensecrf(image: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The textbook pydensecrf call with PIP.md section 4 settings."""
+    """The textbook pydensecrf call with docs/METHOD.md section 4 settings."""
     h, w = image.shape[:2]
     d = dcrf.DenseCRF2D(w, h, C)
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))

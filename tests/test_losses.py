@@ -34,7 +34,7 @@ SEARCHES = ["auto", "dense"]
 
 # --------------------------------------------------------------------------- naive oracle
 def naive_pixel_weights(boxes: np.ndarray, h: int, w: int, tau: float, r: int, sigma: float):
-    """g(p) for every image, PIP.md 2.2, with explicit loops (numpy float64)."""
+    """g(p) for every image, docs/METHOD.md 2.2, with explicit loops (numpy float64)."""
     b_count = boxes.shape[0]
     ax = np.arange(-r, r + 1, dtype=np.float64)
     kernel = np.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2 * sigma**2))

@@ -243,3 +243,30 @@ def test_a_given_model_must_match_the_config(prepared_root: Path, tmp_path: Path
     with pytest.raises(PipsegError, match="3 classes"):
         train(cfg, model=build_model("tiny_deeplab", 3))
     assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_scalars_and_the_run_lock(prepared_root: Path, tmp_path: Path) -> None:
+    """runtime.tensorboard writes what log.jsonl holds (read back by TensorBoard's own reader);
+    a run into a folder whose lock is held by a live process is refused naming it."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipseg.engine.lock import LOCK_NAME, RunLock
+
+    out = tmp_path / "tb"
+    train(make_cfg(prepared_root, out, runtime={"tensorboard": True}))
+    assert not (out / LOCK_NAME).exists()  # released at the end
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [(r["iteration"], r["loss"]) for r in log if r["kind"] == "train"]
+    assert [(e.step, round(e.value, 5)) for e in events.Scalars("train/loss")] == [(i, round(v, 5)) for i, v in losses]
+    assert [e.step for e in events.Scalars("val/miou")] == [r["iteration"] for r in log if r["kind"] == "val"]
+    assert f"val_iou/{SYNTHETIC_CLASSES[0]}" in events.Tags()["scalars"]
+
+    holder = RunLock(tmp_path / "busy").acquire()  # this process holds it: flock is per open file
+    try:
+        with pytest.raises(PipsegError, match=r"runtime.out_dir .*another training run"):
+            train(make_cfg(prepared_root, tmp_path / "busy"))
+    finally:
+        holder.release()

@@ -1,4 +1,4 @@
-"""DenseCRF post-processing (PIP.md section 4) and the probability files it reads.
+"""DenseCRF post-processing (docs/METHOD.md section 4) and the probability files it reads.
 
 `DenseCRF` is the one DenseCRF set-up in pipseg: `pipseg eval --crf`, `pipseg predict --crf`, the
 folder runner (`pipseg.crf.folder`) and the ``crf`` pseudo labels (`pipseg.data.pseudo`) all use
@@ -32,7 +32,7 @@ class DenseCRF:
     refined probabilities ``[C, H, W]`` float32.
     """
 
-    # The defaults live in one place, `CRFConfig` (PIP.md section 4).
+    # The defaults live in one place, `CRFConfig` (docs/METHOD.md section 4).
     iters: int = _DEFAULTS.iters
     gauss_sxy: float = _DEFAULTS.gauss_sxy
     gauss_weight: float = _DEFAULTS.gauss_weight

@@ -94,7 +94,7 @@ def box_prior(boxes: np.ndarray, height: int, width: int, eps: float = 1e-3) -> 
 
 
 def crf_label(image: np.ndarray, boxes: np.ndarray, crf: CRFConfig | None = None) -> np.ndarray:
-    """`DenseCRF` (PIP.md section 4 kernels, ``crf`` settings) over the box prior (`box_prior`).
+    """`DenseCRF` (docs/METHOD.md section 4 kernels, ``crf`` settings) over the box prior (`box_prior`).
 
     Labels are background plus one per box; after inference a pixel keeps a box's class only
     inside that box, and a box that keeps less than `MIN_KEEP` of its area is filled.

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipseg.config import Config
+from pipseg.engine.tracking import TensorBoardTracker
 from pipseg.io import atomic_path, atomic_write_json, atomic_write_text
 
 LOG_NAME, CURVES_NAME, SUMMARY_NAME, CONFIG_NAME = "log.jsonl", "curves.png", "summary.json", "config.yaml"
@@ -96,10 +97,15 @@ class Reporter:
     """Rank 0's voice: records appended to the log and events (``start``, ``iter``, ``log``,
     ``val``, ``end``) handed to the caller's ``progress``; on other ranks it stays silent."""
 
-    def __init__(self, log_path: Path, progress: ProgressFn | None, enabled: bool) -> None:
+    def __init__(
+        self, log_path: Path, progress: ProgressFn | None, enabled: bool, *,
+        tensorboard: bool = False, classes: list[str] | None = None,
+    ) -> None:  # fmt: skip
         self.log = JsonlLog(log_path) if enabled else None
         self.progress = progress or (lambda event: None)
         self.enabled = enabled
+        self.tracker = TensorBoardTracker(log_path.parent, enabled=enabled and tensorboard)
+        self.classes = classes or []
 
     def emit(self, event: str, **fields: Any) -> None:
         """Hand ``{"event": event, **fields}`` to ``progress``."""
@@ -110,6 +116,8 @@ class Reporter:
         """Append ``record`` to the log and hand it (with ``extra``) to ``progress``."""
         if self.log is not None:
             self.log.write(record)
+        if record.get("kind") == "train":
+            self.tracker.log_train(int(record["iteration"]), record)
         self.emit(event, **record, **extra)
 
     def start(self, header: dict[str, Any]) -> None:
@@ -121,7 +129,12 @@ class Reporter:
     def validation(self, iteration: int, metrics: dict[str, Any], best_miou: float | None) -> None:
         """The ``val`` record and event of a validation at ``iteration``."""
         record = {"kind": "val", "iteration": iteration, **{k: metrics[k] for k in VAL_KEYS if k in metrics}}
+        self.tracker.log_val(iteration, metrics, self.classes)
         self.record("val", record, best_miou=best_miou)
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
+        self.tracker.close()
 
 
 def write_summary(out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:

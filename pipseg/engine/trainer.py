@@ -44,6 +44,7 @@ from pipseg.engine.checkpoint import (
 )
 from pipseg.engine.criterion import build_loss
 from pipseg.engine.distributed import DistInfo, dist_info_from_env, process_group
+from pipseg.engine.lock import RunLock
 from pipseg.engine.run_folder import open_run_folder, resume_checkpoint
 from pipseg.errors import PipsegError
 from pipseg.evaluate import evaluate_model
@@ -118,9 +119,9 @@ def train(
     device = resolve_device(cfg.runtime.device, local_rank=info.local_rank, option="runtime.device")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    with process_group(info, device), one_line_errors(cfg, info):
+    out_dir = Path(cfg.runtime.out_dir).expanduser()
+    with process_group(info, device), one_line_errors(cfg, info), run_lock(out_dir, info):
         micro_batch = micro_batch_size(cfg.optim, info.world_size)
-        out_dir = Path(cfg.runtime.out_dir).expanduser()
         ckpt_path, ckpt = resume_checkpoint(out_dir, resume, force, cfg.optim.iters) or (None, None)
         info.barrier()  # every rank has checked the folder before rank 0 changes it
 
@@ -144,14 +145,23 @@ def train(
         )  # fmt: skip
         if info.is_main:
             open_run_folder(out_dir, cfg, resumed_at=state.iteration if ckpt else None)
-        reporter = runlog.Reporter(out_dir / runlog.LOG_NAME, progress, enabled=info.is_main)
+        reporter = runlog.Reporter(out_dir / runlog.LOG_NAME, progress, enabled=info.is_main,
+                                   tensorboard=cfg.runtime.tensorboard, classes=list(cfg.data.classes))  # fmt: skip
         reporter.start(header)
 
         run = Run(cfg, info, device, out_dir, model, model_without_ddp, criterion, optimizer, scaler,
                   batches, val_set, reporter, checkpoint_identity(cfg, model_without_ddp, len(train_set), init))  # fmt: skip
         started = time.perf_counter()
-        train_loop(run, state, stop=min(cfg.optim.iters, stop_at) if stop_at is not None else cfg.optim.iters)
+        try:
+            train_loop(run, state, stop=min(cfg.optim.iters, stop_at) if stop_at is not None else cfg.optim.iters)
+        finally:
+            reporter.close()
         return finish(run, state, header, wall_time_s=time.perf_counter() - started)
+
+
+def run_lock(out_dir: Path, info: DistInfo) -> AbstractContextManager:
+    """Rank 0 holds the run folder's lock for the whole run (a second run into it is refused)."""
+    return RunLock(out_dir) if info.is_main else nullcontext()
 
 
 def train_loop(run: Run, state: TrainState, stop: int) -> None:
