@@ -202,7 +202,7 @@ def test_box_only_prepare_end_to_end(tmp_path: Path, masks: str) -> None:
         assert len(val) == 3 and "no masks" in manifest["split_rule"]
         assert manifest["sources"]["gt"]["counts"] == {"train": 0, "val": 0, "train_aug": 0}
     assert "seed 0" in result.output.replace("\n", " ")
-    cfg = SimpleNamespace(prepared_dir=root / "pipseg", root=None, classes=None, crop_size=32,
+    cfg = SimpleNamespace(box_geometry="exact", prepared_dir=root / "pipseg", root=None, classes=None, crop_size=32,
                           scales=[1.0], flip=False)  # fmt: skip
     train = SegDataset(cfg, "train_aug", "crf", train=True)  # type: ignore[arg-type]
     assert train.classes == SYNTHETIC_CLASSES and len(train) == 9 - len(val)
@@ -224,7 +224,7 @@ def test_images_of_any_extension_and_case(tmp_path: Path) -> None:
         old.unlink()
     report = prepare_dataset(root, classes=SYNTHETIC_CLASSES, pseudo=["box"], workers=1)
     assert report.images == 6
-    cfg = SimpleNamespace(prepared_dir=root / "pipseg", root=root, classes=list(SYNTHETIC_CLASSES),
+    cfg = SimpleNamespace(box_geometry="exact", prepared_dir=root / "pipseg", root=root, classes=list(SYNTHETIC_CLASSES),
                           crop_size=16, scales=[1.0], flip=False)  # fmt: skip
     ds = SegDataset(cfg, "train", "box", train=False)  # type: ignore[arg-type]
     for k in range(4):
@@ -425,7 +425,7 @@ def test_moved_voc_dataset_resolves_through_data_root(tmp_path: Path) -> None:
     root = _voc(tmp_path)
     prepare_dataset(root, classes=SYNTHETIC_CLASSES, pseudo=["box"], workers=1)
     moved = root.rename(tmp_path / "moved")
-    cfg = SimpleNamespace(prepared_dir=moved / "pipseg", root=moved, classes=None, crop_size=16,
+    cfg = SimpleNamespace(box_geometry="exact", prepared_dir=moved / "pipseg", root=moved, classes=None, crop_size=16,
                           scales=[1.0], flip=False)  # fmt: skip
     ds = SegDataset(cfg, "val", "gt", train=False)  # type: ignore[arg-type]
     assert ds.images[0].path.is_relative_to(moved) and ds.label_paths[0].is_relative_to(moved)

@@ -44,7 +44,7 @@ COMMANDS: dict[str, CommandEntry] = {
     ),
     "prepare": CommandEntry(
         "prepare_cmd", "prepare",
-        "Check a VOC-layout dataset and build splits, pseudo labels and the manifest training reads.",
+        "Check a box-annotated dataset and build splits, pseudo labels and the manifest training reads.",
     ),
     "train": CommandEntry(
         "train_cmd", "train",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -11,8 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipseg.cli._common import console, err_console, fail, user_errors
-from pipseg.data.annotations import load_class_names
-from pipseg.data.prepare import DEFAULT_VOC_ROOT, PrepareError, PrepareReport, prepare_dataset
+from pipseg.config import DataConfig
+
+if TYPE_CHECKING:
+    from pipseg.data.prepare import PrepareReport
+
+DEFAULT_VOC_ROOT = DataConfig().root  # what `prepare` reads without --images / --voc-root
 
 
 def report_table(report: PrepareReport) -> Table:
@@ -83,6 +87,8 @@ def prepare(
 ) -> None:  # fmt: skip
     """Check a box-annotated dataset and build splits, pseudo labels and the manifest training reads."""
     with user_errors():
+        from pipseg.data.annotations import load_class_names
+
         if voc_root is None and images is None and annotations is None:
             voc_root = DEFAULT_VOC_ROOT
         report = _run_with_progress(
@@ -101,6 +107,8 @@ def prepare(
 
 def _run_with_progress(voc_root: Path | None, **kwargs: Any) -> PrepareReport:
     """`prepare_dataset` under a progress bar; on a `PrepareError`, the table so far first."""
+    from pipseg.data.prepare import PrepareError, prepare_dataset
+
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, transient=True,

@@ -33,9 +33,11 @@ class RunLock:
         self.path = Path(out_dir) / LOCK_NAME
         self._file: IO[str] | None = None
         self.took_over: dict[str, Any] | None = None  # the stale holder's record, if any
+        self._created_dir = False
 
     def acquire(self) -> RunLock:
         """Take the lock or raise `PipsegError` naming the live run that holds it."""
+        self._created_dir = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
         previous = _read_record(self.path)
@@ -58,6 +60,8 @@ class RunLock:
             return
         try:
             self.path.unlink(missing_ok=True)
+            if self._created_dir and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()  # a run that wrote nothing leaves no folder behind
         finally:
             if fcntl is not None:
                 fcntl.flock(self._file, fcntl.LOCK_UN)
