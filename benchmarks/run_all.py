@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-BENCHMARKS = ["bench_loss", "bench_model", "bench_data", "bench_train", "bench_inference"]
+BENCHMARKS = ["bench_loss", "bench_model", "bench_data", "bench_train", "bench_inference", "bench_annotations"]
 
 
 def main(argv: list[str] | None = None) -> int:
