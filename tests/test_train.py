@@ -270,3 +270,34 @@ def test_tensorboard_scalars_and_the_run_lock(prepared_root: Path, tmp_path: Pat
             train(make_cfg(prepared_root, tmp_path / "busy"))
     finally:
         holder.release()
+
+
+def test_classes_come_from_the_prepared_manifest(prepared_root: Path, tmp_path: Path) -> None:
+    """A config without data.classes, naming only data.prepared (no data.root), trains with the
+    class list `prepare` recorded, and its checkpoint carries it; a config whose list differs
+    from the manifest's is one line naming data.classes and the manifest file."""
+    raw = make_cfg(prepared_root, tmp_path / "run", optim={"iters": 1}, runtime={"val_every": 100}).to_dict()
+    del raw["data"]["classes"], raw["data"]["root"]
+    raw["data"]["prepared"] = str(prepared_root / "pipseg")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+
+    manifest = json.loads((prepared_root / "pipseg" / "manifest.json").read_text())
+    assert manifest["classes"] == list(SYNTHETIC_CLASSES)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["classes"] == ckpt["config"]["data"]["classes"] == manifest["classes"]
+    assert ckpt["num_classes"] == len(manifest["classes"])
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["classes"] == manifest["classes"]
+    assert model_from_checkpoint(tmp_path / "run" / "last.pt")[1]["classes"] == manifest["classes"]
+
+    raw["data"]["classes"] = list(SYNTHETIC_CLASSES[:3])
+    raw["runtime"]["out_dir"] = str(tmp_path / "other")
+    config.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.strip()]
+    assert len(errors) == 1 and "data.classes" in errors[0], errors
+    assert str(prepared_root / "pipseg" / "manifest.json") in errors[0]
+    assert not (tmp_path / "other").exists()

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from pipseg.config import Config, OptimConfig
+from pipseg.data.manifest import resolve_classes
 from pipseg.device import resolve_device
 from pipseg.engine import runlog
 from pipseg.engine.batches import TrainBatches, make_train_batches, training_set, validation_set
@@ -105,7 +106,7 @@ def train(
     :class:`TrainResult` on every rank (only rank 0 writes files).
 
     Args:
-        cfg: the resolved config.
+        cfg: the resolved config; ``data.classes`` unset means the prepared manifest's list.
         model: the network to train (a pipseg model: ``name``, ``input_convention``, the two
             parameter groups); default: ``model.name`` initialised as ``model.init`` says.
         loss: the criterion (``forward_parts(logits, labels, boxes)``); default from ``cfg.loss``.
@@ -115,6 +116,7 @@ def train(
         stop_at: stop after this iteration (saving last.pt) as if interrupted; the poly schedule
             still runs to ``optim.iters`` and a later ``resume`` continues exactly.
     """
+    cfg = resolve_classes(cfg)  # data.classes from the prepared manifest when the config has none
     info = dist_info_from_env()
     device = resolve_device(cfg.runtime.device, local_rank=info.local_rank, option="runtime.device")
     if device.type == "cuda":
