@@ -301,3 +301,32 @@ def test_classes_come_from_the_prepared_manifest(prepared_root: Path, tmp_path: 
     assert len(errors) == 1 and "data.classes" in errors[0], errors
     assert str(prepared_root / "pipseg" / "manifest.json") in errors[0]
     assert not (tmp_path / "other").exists()
+
+
+def test_val_split_without_masks_trains_without_validation(tmp_path: Path) -> None:
+    """Box-only data: the val split has no ground-truth masks. The run trains, says so once in
+    its header, writes last.pt and no best.pt, and its log holds no validation."""
+    from pipseg.data.prepare import prepare_dataset
+    from pipseg.data.synthetic import make_synthetic_voc
+
+    root = make_synthetic_voc(tmp_path / "VOC", 8, 3, (96, 72), seed=1)
+    for image_id in (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split():
+        (root / "SegmentationClass" / f"{image_id}.png").unlink()
+    prepare_dataset(root, pseudo=["box"], classes=SYNTHETIC_CLASSES, workers=1)
+    raw = make_cfg(root, tmp_path / "run", optim={"iters": 2}).to_dict()
+    del raw["data"]["classes"]
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw))
+
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert text.count("no validation") == 1, result.output
+    assert "none of the 3 images of val has a ground-truth mask" in text
+    out = tmp_path / "run"
+    assert (out / "last.pt").is_file() and not (out / "best.pt").exists()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "val"]
+    assert records[0]["validation"] is False and records[0]["val_without_masks"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] and summary["best_miou"] is None and summary["metrics"] is None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -29,6 +30,39 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
+def _val_text(event: dict[str, Any]) -> str:
+    split, scored, unscored = event["val_split"], event["val_images"], event.get("val_without_masks", 0)
+    if not event.get("validation", scored > 0):
+        return (
+            f"no validation: none of the {unscored} images of {split} has a ground-truth mask "
+            "(best.pt is not written; last.pt is)"
+        )
+    without = f", {unscored} without masks not scored" if unscored else ""
+    return f"val {split} ({scored} images, gt{without})"
+
+
+def _header_lines(event: dict[str, Any]) -> list[str]:
+    """The run header: what trains on what, from which weights, where to."""
+    init = event["init"]
+    init_text = (
+        "from scratch" if init["kind"] == "none"
+        else f"{escape(init['file'])} (sha256 {init['sha256'][:12]}…)" if init.get("file")
+        else init["kind"]
+    )  # fmt: skip
+    lines = [
+        f"[bold]pipseg train[/] {event['model']} · loss {event['loss']} · labels "
+        f"[bold]{event['label_source']}[/] ({event['train_images']} images of "
+        f"{event['train_split']}) · {_val_text(event)}",
+        f"init {init_text} · device {event['device']} x{event['world_size']} · amp {event['amp']}",
+        f"effective batch {event['batch_size']} = {event['micro_batch']} x accumulate "
+        f"{event['accumulate']} x {event['world_size']} process(es) · lr {event['lr']:g} · "
+        f"{event['iters']} iterations (from {event['start_iteration']}) → {event['out_dir']}",
+    ]
+    if init.get("classifier"):
+        lines.insert(2, f"init: {init['classifier']}")
+    return lines
+
+
 class _Display:
     """Rich output for the progress events of `pipseg.engine.train` (rank 0 only)."""
 
@@ -39,21 +73,8 @@ class _Display:
         kind = event["event"]
         out = self.progress.console
         if kind == "start":
-            init = event["init"]
-            init_text = "from scratch" if init["kind"] == "none" else f"{init['file']} (sha256 {init['sha256'][:12]}…)"
-            out.print(
-                f"[bold]pipseg train[/] {event['model']} · loss {event['loss']} · labels "
-                f"[bold]{event['label_source']}[/] ({event['train_images']} images of "
-                f"{event['train_split']}) · val {event['val_split']} ({event['val_images']} images, gt)"
-            )
-            out.print(
-                f"init {init_text} · device {event['device']} x{event['world_size']} · amp {event['amp']}"
-            )
-            out.print(
-                f"effective batch {event['batch_size']} = {event['micro_batch']} x accumulate "
-                f"{event['accumulate']} x {event['world_size']} process(es) · lr {event['lr']:g} · "
-                f"{event['iters']} iterations (from {event['start_iteration']}) → {event['out_dir']}"
-            )
+            for line in _header_lines(event):
+                out.print(line, highlight=False)
             self.task = self.progress.add_task(
                 "train", total=event["iters"], completed=event["start_iteration"],
                 loss="-", lr="-", ips="-", eta="-",

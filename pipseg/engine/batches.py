@@ -123,11 +123,11 @@ def training_set(cfg: Config, convention: InputConvention) -> SegDataset:
     return train_set
 
 
-def validation_set(cfg: Config) -> Dataset:
-    """Ground-truth labels of ``data.val_split`` (never pseudo labels), at most val_max_images."""
+def validation_set(cfg: Config) -> tuple[Dataset, int]:
+    """Ground-truth labels of ``data.val_split`` (never pseudo labels), at most val_max_images,
+    and how many of the split's images have no ground-truth mask (left out). Empty when none
+    has one: the run then trains without validation."""
     val_set = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False)
     limit = cfg.runtime.val_max_images
-    val_set = Subset(val_set, range(min(limit, len(val_set)))) if limit else val_set
-    if len(val_set) == 0:  # type: ignore[arg-type]
-        raise PipsegError(f"data.val_split: split '{cfg.data.val_split}' has no images; check `pipseg prepare`")
-    return val_set
+    subset = Subset(val_set, range(min(limit, len(val_set)))) if limit else val_set
+    return subset, len(val_set.unlabelled)

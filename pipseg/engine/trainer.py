@@ -129,7 +129,7 @@ def train(
 
         # The model first: its input convention sets the padding colour of the crops.
         model, init = starting_model(cfg, model, ckpt, ckpt_path)
-        train_set, val_set = training_set(cfg, model.input_convention), validation_set(cfg)
+        train_set, (val_set, val_without_masks) = training_set(cfg, model.input_convention), validation_set(cfg)
         model = sync_batchnorm(model, device, info).to(device, memory_format=memory_format(cfg))
         model_without_ddp = model
         if info.enabled:
@@ -144,6 +144,7 @@ def train(
         header = runlog.run_header(
             cfg, init=init, train_images=len(train_set), val_images=len(val_set), device=device,  # type: ignore[arg-type]
             world_size=info.world_size, micro_batch=micro_batch, start_iteration=state.iteration, out_dir=out_dir,
+            val_without_masks=val_without_masks,
         )  # fmt: skip
         if info.is_main:
             open_run_folder(out_dir, cfg, resumed_at=state.iteration if ckpt else None)
@@ -172,6 +173,7 @@ def train_loop(run: Run, state: TrainState, stop: int) -> None:
     amp, fmt = AMP_DTYPES[rt.amp], memory_format(run.cfg)
     window = LogWindow(run.device, state.iteration)
     batches = iter(run.batches)
+    validating = len(run.val_set) > 0  # type: ignore[arg-type]  # no val masks: no validation, no best.pt
     run.model.train()
     while state.iteration < stop:
         set_lr(run.optimizer, poly_lr(o.lr, state.iteration, o.iters, o.poly_power))
@@ -184,7 +186,7 @@ def train_loop(run: Run, state: TrainState, stop: int) -> None:
             run.reporter.record("log", train_record(run, window, state.iteration, stop))
 
         paused, improved = time.perf_counter(), False
-        if state.iteration % rt.val_every == 0 or state.iteration == o.iters:
+        if validating and (state.iteration % rt.val_every == 0 or state.iteration == o.iters):
             improved = state.validated(plain(validate(run.model, run.val_set, run.cfg, run.device, amp)))
             run.reporter.validation(state.iteration, state.metrics, state.best_miou)  # type: ignore[arg-type]
         due = state.iteration % rt.ckpt_every == 0 or state.iteration == stop
