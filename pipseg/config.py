@@ -92,7 +92,10 @@ class ModelConfig(_Section):
     name: ModelName = "vgg16_largefov"
     init: str = Field(
         "imagenet",
-        description="'imagenet' (the registry's weight file in weights_dir), 'none', or a path",
+        description="'imagenet' (torchvision's weights in weights_dir, `pipseg download`), "
+        "'deeplab-init' (vgg16_largefov: the authors' DeepLab-LargeFOV init file in weights_dir, "
+        "docs/METHOD.md section 5), 'none', or a checkpoint / weight file (another class list: "
+        "everything but the classifier is loaded)",
     )
     weights_dir: Path = Field(default_factory=default_weights_dir)
 

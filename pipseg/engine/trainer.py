@@ -264,7 +264,7 @@ def starting_model(
     if model is not None:
         return model, {"kind": "caller", "file": None, "sha256": None}
     torch.manual_seed(cfg.runtime.seed)  # the same initial weights on every rank
-    return build_initialised_model(cfg.model, num_classes)
+    return build_initialised_model(cfg.model, num_classes, classes=list(cfg.data.classes))
 
 
 def memory_format(cfg: Config) -> torch.memory_format:
