@@ -330,3 +330,42 @@ def test_val_split_without_masks_trains_without_validation(tmp_path: Path) -> No
     assert records[0]["validation"] is False and records[0]["val_without_masks"] == 3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] and summary["best_miou"] is None and summary["metrics"] is None
+
+
+def test_training_bar_fits_80_columns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With COLUMNS=80 the bar shows everything but the loss parts, uncut, at the widest values."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from pipseg.cli.train_cmd import _Display, progress_columns
+    from pipseg.engine.runlog import run_header
+
+    monkeypatch.setenv("COLUMNS", "80")
+    console = Console(file=io.StringIO(), force_terminal=True, record=True)
+    assert console.width == 80
+    progress = Progress(*progress_columns(), console=console, auto_refresh=False)
+    header = run_header(make_cfg(tmp_path, tmp_path / "run", optim={"iters": 20000}), init={"kind": "none"},
+                        train_images=10582, val_images=1449, device=torch.device("cpu"), world_size=1,
+                        micro_batch=30, start_iteration=0, out_dir=tmp_path / "run")  # fmt: skip
+    display = _Display(progress)
+    display({"event": "start", **header})
+    display({"event": "iter", "iteration": 19999})
+    display({"event": "log", "iteration": 19999, "loss": 12.3456, "box": 10.5, "pixel": 1.25,
+             "lr": 1.234e-3, "images_per_s": 1234.56, "eta_s": 999999.0})  # fmt: skip
+    console.print(progress.get_renderable())
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines), [len(line) for line in lines]
+    bar = lines[-1]
+    assert bar.startswith("19999/20000 ") and bar.rstrip().endswith("loss 12.346 · lr 1.2e-03 · 1234.6 img/s · ETA 277:46:39"), bar
+
+    monkeypatch.setenv("COLUMNS", "120")  # wide terminals show the loss parts too
+    wide = Console(file=io.StringIO(), force_terminal=True, record=True)
+    progress = Progress(*progress_columns(), console=wide, auto_refresh=False)
+    display = _Display(progress)
+    display({"event": "start", **header})
+    display({"event": "log", "iteration": 1, "loss": 1.0, "box": 0.5, "pixel": 0.75, "lr": 1e-3,
+             "images_per_s": 1.0, "eta_s": 1.0})  # fmt: skip
+    wide.print(progress.get_renderable())
+    assert "loss 1.000 (box 0.500, pix 0.750)" in wide.export_text()

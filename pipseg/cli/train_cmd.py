@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
 
-from pipseg.cli._common import ConfigArg, SetOpt, console, fail, user_errors
+from pipseg.cli._common import ConfigArg, SetOpt, console, err_console, fail, user_errors
 
 # `--resume [PATH]`: Typer has no option with an optional value, so PATH is an optional second
 # argument that only --resume may use (`pipseg train CONFIG --resume runs/x/last.pt` reads right).
@@ -82,9 +84,10 @@ class _Display:
         elif kind == "iter":
             self.progress.update(self.task, completed=event["iteration"])
         elif kind == "log":
+            parts = f" (box {event['box']:.3f}, pix {event['pixel']:.3f})" if out.width >= 100 else ""
             self.progress.update(
                 self.task,
-                loss=f"{event['loss']:.3f} (box {event['box']:.3f}, pix {event['pixel']:.3f})",
+                loss=f"{event['loss']:.3f}{parts}",
                 lr=f"{event['lr']:.1e}", ips=f"{event['images_per_s']:.1f}", eta=_fmt_time(event["eta_s"]),
             )  # fmt: skip
         elif kind == "val":
@@ -94,12 +97,17 @@ class _Display:
             )
 
 
+def _short_list(names: list[str], shown: int = 4) -> str:
+    return f"{len(names)} ({', '.join(names[:shown])}{', ...' if len(names) > shown else ''})"
+
+
 def _summary_table(s: dict[str, Any]) -> Table:
     table = Table(title="pipseg train: summary", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     rows = [
         ("iterations", f"{s['iteration']} / {s['iters']}" + ("" if s["finished"] else " (stopped early)")),
+        ("classes", _short_list(s.get("classes") or [])),
         ("labels", f"{s['label_source']} ({s['train_images']} images)"),
         ("best val mIoU", f"{100 * s['best_miou']:.2f}" if s["best_miou"] is not None else "-"),
         ("last val mIoU", f"{100 * s['metrics']['miou']:.2f}" if s["metrics"] else "-"),
@@ -115,6 +123,21 @@ def _summary_table(s: dict[str, Any]) -> Table:
     return table
 
 
+def progress_columns() -> tuple[ProgressColumn, ...]:
+    """The training bar: iteration, bar, loss, lr, throughput, ETA; 75 columns at most when the
+    loss parts are left out (terminals narrower than 100 columns), so it fits 80."""
+    return (
+        TextColumn("{task.completed}/{task.total}"), BarColumn(bar_width=10),
+        TextColumn("loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[ips]} img/s · ETA {task.fields[eta]}"),
+    )  # fmt: skip
+
+
+def _resume_hint(config: Path, overrides: list[str] | None) -> str:
+    sets = "".join(f" --set {shlex.quote(o)}" for o in overrides or [])
+    launcher = " (with the same torchrun options)" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    return f"`pipseg train {shlex.quote(str(config))}{sets} --resume`{launcher}"
+
+
 def train(
     config: ConfigArg,
     checkpoint: PathArg = None,
@@ -122,27 +145,32 @@ def train(
     resume: ResumeOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Train a model from a config (PIP recipe); --resume [PATH] continues a run; torchrun-ready."""
+    """Train a model from a config (PIP recipe); --resume [PATH] continues a run; Ctrl-C saves and
+    stops at the next step; torchrun-ready."""
     from pipseg.config import load_config
     from pipseg.engine import train as run_training
 
     is_main = int(os.environ.get("RANK", "0")) == 0
-    columns = (
-        TextColumn("{task.completed}/{task.total}"), BarColumn(bar_width=12),
-        TextColumn("loss {task.fields[loss]} · lr {task.fields[lr]} · {task.fields[ips]} img/s · ETA {task.fields[eta]}"),
-    )  # fmt: skip
     with user_errors():
         cfg = load_config(config, overrides)
         if checkpoint is not None and not resume:
             raise fail(f"{checkpoint}: a checkpoint path is only used with --resume; add --resume")
         resume_arg: Path | bool = (checkpoint or True) if resume else False
         try:
-            with Progress(*columns, console=console, disable=not is_main) as progress:
+            with Progress(*progress_columns(), console=console, disable=not is_main) as progress:
                 result = run_training(cfg, resume=resume_arg, force=force, progress=_Display(progress))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
             raise fail(
-                f"interrupted; continue from the last checkpoint with `pipseg train {config} --resume`",
+                f"interrupted; continue from the last checkpoint with {_resume_hint(config, overrides)}",
                 code=130,
             ) from None
     if is_main:
         console.print(_summary_table(result.summary))
+    if result.interrupted:
+        if is_main:
+            err_console.print(
+                f"[yellow]stopped:[/] {result.interrupted} at iteration {result.iteration}; saved "
+                f"{escape(str(result.last_checkpoint))}; continue with {escape(_resume_hint(config, overrides))}",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+        raise typer.Exit(code=128 + signal.Signals[result.interrupted].value)

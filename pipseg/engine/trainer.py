@@ -45,6 +45,7 @@ from pipseg.engine.checkpoint import (
 )
 from pipseg.engine.criterion import build_loss
 from pipseg.engine.distributed import DistInfo, dist_info_from_env, process_group
+from pipseg.engine.interrupt import StopSignals
 from pipseg.engine.lock import RunLock
 from pipseg.engine.run_folder import open_run_folder, resume_checkpoint
 from pipseg.errors import PipsegError
@@ -67,6 +68,7 @@ class TrainResult:
     last_checkpoint: Path
     best_checkpoint: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
+    interrupted: str | None = None  # the signal that stopped the run early (SIGINT, SIGTERM)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Run:
     val_set: Dataset
     reporter: runlog.Reporter
     identity: dict[str, Any]  # what each checkpoint says about the model and its training
+    started: float  # perf_counter() at the start, minus the wall time of the run before a resume
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,14 +155,15 @@ def train(
                                    tensorboard=cfg.runtime.tensorboard, classes=list(cfg.data.classes))  # fmt: skip
         reporter.start(header)
 
-        run = Run(cfg, info, device, out_dir, model, model_without_ddp, criterion, optimizer, scaler,
-                  batches, val_set, reporter, checkpoint_identity(cfg, model_without_ddp, len(train_set), init))  # fmt: skip
-        started = time.perf_counter()
+        run = Run(cfg, info, device, out_dir, model, model_without_ddp, criterion, optimizer, scaler, batches,
+                  val_set, reporter, checkpoint_identity(cfg, model_without_ddp, len(train_set), init),
+                  started=time.perf_counter() - state.wall_time_s)  # fmt: skip
         try:
-            train_loop(run, state, stop=min(cfg.optim.iters, stop_at) if stop_at is not None else cfg.optim.iters)
+            with StopSignals(info) as signals:
+                train_loop(run, state, min(cfg.optim.iters, stop_at) if stop_at is not None else cfg.optim.iters, signals)
         finally:
             reporter.close()
-        return finish(run, state, header, wall_time_s=time.perf_counter() - started)
+        return finish(run, state, header)
 
 
 def run_lock(out_dir: Path, info: DistInfo) -> AbstractContextManager:
@@ -167,8 +171,10 @@ def run_lock(out_dir: Path, info: DistInfo) -> AbstractContextManager:
     return RunLock(out_dir) if info.is_main else nullcontext()
 
 
-def train_loop(run: Run, state: TrainState, stop: int) -> None:
-    """Iterate from ``state.iteration`` to ``stop``: step, log, validate, save checkpoints."""
+def train_loop(run: Run, state: TrainState, stop: int, signals: StopSignals | None = None) -> None:
+    """Iterate from ``state.iteration`` to ``stop``: step, log, validate, save checkpoints. When
+    ``signals`` reports a stop request (Ctrl-C on any rank), every rank ends after the same
+    iteration with last.pt written there (``state.interrupted`` names the signal)."""
     o, rt = run.cfg.optim, run.cfg.runtime
     amp, fmt = AMP_DTYPES[rt.amp], memory_format(run.cfg)
     window = LogWindow(run.device, state.iteration)
@@ -193,14 +199,34 @@ def train_loop(run: Run, state: TrainState, stop: int) -> None:
         if due or improved:
             save_checkpoints(run, state, last=due, best=improved)
         window.pause(time.perf_counter() - paused)  # validation and saving are not training time
+        if signals is not None and state.iteration < stop and stop_requested(run, state, window, stop, signals, due):
+            return
 
 
-def finish(run: Run, state: TrainState, header: dict[str, Any], wall_time_s: float) -> TrainResult:
-    """Rank 0 writes the summary and the curves; every rank returns the result."""
+def stop_requested(
+    run: Run, state: TrainState, window: LogWindow, stop: int, signals: StopSignals, saved: bool
+) -> bool:
+    """At a step boundary: whether any rank was asked to stop (all ranks agree). If so, log the
+    open window and write last.pt at this iteration (unless ``saved`` already did) so ``--resume``
+    continues from here; ``state.interrupted`` names the signal."""
+    state.interrupted = signals.requested()
+    if state.interrupted is None:
+        return False
+    if state.iteration % run.cfg.runtime.log_every and state.iteration != stop:
+        run.reporter.record("log", train_record(run, window, state.iteration, stop))
+    if not saved:
+        save_checkpoints(run, state, last=True, best=False)
+    return True
+
+
+def finish(run: Run, state: TrainState, header: dict[str, Any]) -> TrainResult:
+    """Rank 0 writes the summary and the curves; every rank returns the result. ``wall_time_s``
+    counts every part of a resumed run (checkpoints carry the time before them)."""
     finished = state.iteration >= run.cfg.optim.iters
     summary = {
         **header, "iteration": state.iteration, "finished": finished, "best_miou": state.best_miou,
-        "metrics": state.metrics, "wall_time_s": wall_time_s,
+        "metrics": state.metrics, "wall_time_s": time.perf_counter() - run.started,
+        "interrupted": state.interrupted,
     }  # fmt: skip
     if run.info.is_main:
         summary = runlog.write_summary(run.out_dir, summary)
@@ -210,7 +236,7 @@ def finish(run: Run, state: TrainState, header: dict[str, Any], wall_time_s: flo
     return TrainResult(
         out_dir=run.out_dir, iteration=state.iteration, finished=finished, best_miou=state.best_miou,
         metrics=state.metrics, last_checkpoint=run.out_dir / LAST,
-        best_checkpoint=best if best.is_file() else None, summary=summary,
+        best_checkpoint=best if best.is_file() else None, summary=summary, interrupted=state.interrupted,
     )  # fmt: skip
 
 
@@ -409,6 +435,7 @@ def validate(
 def save_checkpoints(run: Run, state: TrainState, *, last: bool, best: bool) -> None:
     """Save last.pt and / or best.pt (rank 0) with every rank's RNG; all ranks wait for it."""
     rng_states = run.info.all_gather(rng_state())  # a collective: every rank takes part
+    state.wall_time_s = time.perf_counter() - run.started
     if run.info.is_main:
         ckpt = training_checkpoint(run.model_without_ddp, run.optimizer, run.scaler, state,
                                    run.batches.position(), rng_states, run.identity)  # fmt: skip
