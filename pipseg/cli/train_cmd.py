@@ -145,8 +145,11 @@ def train(
     resume: ResumeOpt = None,
     force: ForceOpt = False,
 ) -> None:
-    """Train a model from a config (PIP recipe); --resume [PATH] continues a run; Ctrl-C saves and
-    stops at the next step; torchrun-ready."""
+    """Train a model from a config (PIP recipe); --resume [PATH] continues a run; torchrun-ready.
+
+    Ctrl-C stops after the current iteration with a checkpoint there (exit code 130); a second
+    Ctrl-C stops at once. --resume continues from the checkpoint.
+    """
     from pipseg.config import load_config
     from pipseg.engine import train as run_training
 
