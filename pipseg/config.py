@@ -47,7 +47,12 @@ class DataConfig(_Section):
 
     root: Path = Path("~/data/VOCdevkit/VOC2012")
     prepared: Path | None = Field(None, description="output of `pipseg prepare`; default <root>/pipseg")
-    classes: list[str] = Field(default_factory=lambda: list(VOC_CLASSES), min_length=2)
+    classes: list[str] | None = Field(
+        None,
+        min_length=2,
+        description="class names, background first; unset: the prepared manifest's list "
+        "(`pipseg prepare` records it), so it is given once",
+    )
     train_split: str = "train_aug"
     val_split: str = "val"
     label_source: LabelSource = "sdi"
@@ -65,7 +70,9 @@ class DataConfig(_Section):
 
     @field_validator("classes")
     @classmethod
-    def _unique_classes(cls, names: list[str]) -> list[str]:
+    def _unique_classes(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
         normalised = [n.strip().lower() for n in names]
         if len(set(normalised)) != len(normalised):
             raise ValueError("class names must be unique (compared case-insensitively)")
@@ -85,7 +92,10 @@ class ModelConfig(_Section):
     name: ModelName = "vgg16_largefov"
     init: str = Field(
         "imagenet",
-        description="'imagenet' (the registry's weight file in weights_dir), 'none', or a path",
+        description="'imagenet' (torchvision's weights in weights_dir, `pipseg download`), "
+        "'deeplab-init' (vgg16_largefov: the authors' DeepLab-LargeFOV init file in weights_dir, "
+        "docs/METHOD.md section 5), 'none', or a checkpoint / weight file (another class list: "
+        "everything but the classifier is loaded)",
     )
     weights_dir: Path = Field(default_factory=default_weights_dir)
 
@@ -250,10 +260,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise PipsegError(f"{path}: malformed YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise PipsegError(f"{path}: cannot read the config: {e}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict | None):
         raise PipsegError(f"{path}: a config must be a mapping of sections, got {type(raw).__name__}")
+    if not raw:
+        raise PipsegError(
+            f"{path}: the config file is empty; start from one in configs/ (e.g. configs/box.yaml) "
+            "and set at least data.root or data.prepared"
+        )
     return raw
 
 

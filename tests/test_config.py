@@ -176,3 +176,23 @@ def test_device_names_accepted(name: str):
 def test_bad_device_names_the_key(name: str):
     with pytest.raises(PipsegError, match=r"runtime\.device: .*auto, cpu, cuda or cuda:N"):
         load_config(None, [f"runtime.device={name}"])
+
+
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "{}\n"])
+def test_empty_config_is_an_error_naming_the_file(tmp_path: Path, text: str):
+    """An empty file does not silently mean "the whole VOC recipe"."""
+    path = _write(tmp_path, text)
+    result = runner.invoke(app, ["config", "show", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(path) in lines[0] and "empty" in lines[0], lines
+
+
+def test_classes_unset_by_default_and_still_validated(tmp_path: Path):
+    """Unset data.classes (None) means "the prepared manifest's list"; a set list is checked."""
+    assert load_config(Path("configs/sdi.yaml")).data.classes is None
+    assert load_config(None, ["data.classes=[background, cat]"]).data.classes == ["background", "cat"]
+    with pytest.raises(PipsegError, match=r"data\.classes.*unique"):
+        load_config(None, ["data.classes=[background, Cat, cat]"])
+    with pytest.raises(PipsegError, match=r"data\.classes"):
+        load_config(None, ["data.classes=[background]"])

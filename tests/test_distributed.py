@@ -131,3 +131,46 @@ def test_torchrun_cli_end_to_end(prepared_root: Path, tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"]
+
+
+INTERRUPT_SCRIPT = textwrap.dedent(
+    '''
+    import json
+    import os
+    import signal
+    import sys
+
+    import pipseg.engine.trainer as trainer
+    from pipseg.config import load_config
+
+    rank, steps = int(os.environ["RANK"]), []
+    step = trainer.train_step
+
+
+    def step_then_ctrl_c_on_rank_1(*args, **kwargs):
+        out = step(*args, **kwargs)
+        steps.append(1)
+        if rank == 1 and len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # only this rank is asked to stop
+        return out
+
+
+    trainer.train_step = step_then_ctrl_c_on_rank_1
+    result = trainer.train(load_config(sys.argv[1]))
+    with open(f"{sys.argv[2]}.{rank}.json", "w") as f:
+        json.dump({"iteration": result.iteration, "interrupted": result.interrupted, "steps": len(steps)}, f)
+    '''
+)
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_iteration(prepared_root: Path, tmp_path: Path) -> None:
+    """Rank 1 alone gets SIGINT during iteration 2: the flag is voted over the ranks, so both stop
+    after iteration 2 and last.pt (rank 0 writes it, with both ranks' RNG) is at iteration 2."""
+    script = tmp_path / "interrupt.py"
+    script.write_text(INTERRUPT_SCRIPT)
+    config = write_cfg(prepared_root, tmp_path, "stop", iters=6)
+    run(torchrun(str(script), str(config), str(tmp_path / "result")))
+    results = [json.loads((tmp_path / f"result.{rank}.json").read_text()) for rank in (0, 1)]
+    assert results == [{"iteration": 2, "interrupted": "SIGINT", "steps": 2}] * 2
+    ckpt = torch.load(tmp_path / "stop" / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] == 2 and len(ckpt["rng"]["other_ranks"]) == 1

@@ -270,3 +270,102 @@ def test_tensorboard_scalars_and_the_run_lock(prepared_root: Path, tmp_path: Pat
             train(make_cfg(prepared_root, tmp_path / "busy"))
     finally:
         holder.release()
+
+
+def test_classes_come_from_the_prepared_manifest(prepared_root: Path, tmp_path: Path) -> None:
+    """A config without data.classes, naming only data.prepared (no data.root), trains with the
+    class list `prepare` recorded, and its checkpoint carries it; a config whose list differs
+    from the manifest's is one line naming data.classes and the manifest file."""
+    raw = make_cfg(prepared_root, tmp_path / "run", optim={"iters": 1}, runtime={"val_every": 100}).to_dict()
+    del raw["data"]["classes"], raw["data"]["root"]
+    raw["data"]["prepared"] = str(prepared_root / "pipseg")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+
+    manifest = json.loads((prepared_root / "pipseg" / "manifest.json").read_text())
+    assert manifest["classes"] == list(SYNTHETIC_CLASSES)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["classes"] == ckpt["config"]["data"]["classes"] == manifest["classes"]
+    assert ckpt["num_classes"] == len(manifest["classes"])
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["classes"] == manifest["classes"]
+    assert model_from_checkpoint(tmp_path / "run" / "last.pt")[1]["classes"] == manifest["classes"]
+
+    raw["data"]["classes"] = list(SYNTHETIC_CLASSES[:3])
+    raw["runtime"]["out_dir"] = str(tmp_path / "other")
+    config.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.strip()]
+    assert len(errors) == 1 and "data.classes" in errors[0], errors
+    assert str(prepared_root / "pipseg" / "manifest.json") in errors[0]
+    assert not (tmp_path / "other").exists()
+
+
+def test_val_split_without_masks_trains_without_validation(tmp_path: Path) -> None:
+    """Box-only data: the val split has no ground-truth masks. The run trains, says so once in
+    its header, writes last.pt and no best.pt, and its log holds no validation."""
+    from pipseg.data.prepare import prepare_dataset
+    from pipseg.data.synthetic import make_synthetic_voc
+
+    root = make_synthetic_voc(tmp_path / "VOC", 8, 3, (96, 72), seed=1)
+    for image_id in (root / "ImageSets" / "Segmentation" / "val.txt").read_text().split():
+        (root / "SegmentationClass" / f"{image_id}.png").unlink()
+    prepare_dataset(root, pseudo=["box"], classes=SYNTHETIC_CLASSES, workers=1)
+    raw = make_cfg(root, tmp_path / "run", optim={"iters": 2}).to_dict()
+    del raw["data"]["classes"]
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(raw))
+
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps long lines
+    assert text.count("no validation") == 1, result.output
+    assert "none of the 3 images of val has a ground-truth mask" in text
+    out = tmp_path / "run"
+    assert (out / "last.pt").is_file() and not (out / "best.pt").exists()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["kind"] == "val"]
+    assert records[0]["validation"] is False and records[0]["val_without_masks"] == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] and summary["best_miou"] is None and summary["metrics"] is None
+
+
+def test_training_bar_fits_80_columns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With COLUMNS=80 the bar shows everything but the loss parts, uncut, at the widest values."""
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from pipseg.cli.train_cmd import _Display, progress_columns
+    from pipseg.engine.runlog import run_header
+
+    monkeypatch.setenv("COLUMNS", "80")
+    console = Console(file=io.StringIO(), force_terminal=True, record=True)
+    assert console.width == 80
+    progress = Progress(*progress_columns(), console=console, auto_refresh=False)
+    header = run_header(make_cfg(tmp_path, tmp_path / "run", optim={"iters": 20000}), init={"kind": "none"},
+                        train_images=10582, val_images=1449, device=torch.device("cpu"), world_size=1,
+                        micro_batch=30, start_iteration=0, out_dir=tmp_path / "run")  # fmt: skip
+    display = _Display(progress)
+    display({"event": "start", **header})
+    display({"event": "iter", "iteration": 19999})
+    display({"event": "log", "iteration": 19999, "loss": 12.3456, "box": 10.5, "pixel": 1.25,
+             "lr": 1.234e-3, "images_per_s": 1234.56, "eta_s": 999999.0})  # fmt: skip
+    console.print(progress.get_renderable())
+    lines = console.export_text().splitlines()
+    assert all(len(line) <= 80 for line in lines), [len(line) for line in lines]
+    bar = lines[-1]
+    assert bar.startswith("19999/20000 ") and bar.rstrip().endswith("loss 12.346 · lr 1.2e-03 · 1234.6 img/s · ETA 277:46:39"), bar
+
+    monkeypatch.setenv("COLUMNS", "120")  # wide terminals show the loss parts too
+    wide = Console(file=io.StringIO(), force_terminal=True, record=True)
+    progress = Progress(*progress_columns(), console=wide, auto_refresh=False)
+    display = _Display(progress)
+    display({"event": "start", **header})
+    display({"event": "log", "iteration": 1, "loss": 1.0, "box": 0.5, "pixel": 0.75, "lr": 1e-3,
+             "images_per_s": 1.0, "eta_s": 1.0})  # fmt: skip
+    wide.print(progress.get_renderable())
+    assert "loss 1.000 (box 0.500, pix 0.750)" in wide.export_text()

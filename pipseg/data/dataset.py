@@ -20,7 +20,7 @@ from pipseg.config import DataConfig
 from pipseg.data.images import read_image
 from pipseg.data.labels import IGNORE_INDEX, read_label
 from pipseg.data.manifest import (
-    MANIFEST_NAME,
+    agreed_classes,
     folder_bases,
     load_manifest,
     read_prepared_images,
@@ -54,14 +54,7 @@ def _label_index(dirs: Sequence[Path]) -> dict[str, Path]:
 
 def dataset_classes(data_cfg: DataConfig, manifest: dict[str, Any], prepared_dir: Path) -> list[str]:
     """The prepared class list; a config that sets ``data.classes`` must agree with it."""
-    prepared = list(manifest["classes"])
-    configured = getattr(data_cfg, "classes", None)
-    if configured and [c.strip().lower() for c in configured] != [c.strip().lower() for c in prepared]:
-        raise PipsegError(
-            f"{prepared_dir / MANIFEST_NAME}: prepared for classes {prepared}, but data.classes "
-            f"is {list(configured)}; drop data.classes or run `pipseg prepare` with the same classes"
-        )
-    return list(configured) if configured else prepared
+    return agreed_classes(getattr(data_cfg, "classes", None), manifest, prepared_dir)
 
 
 class SegDataset(Dataset):

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from pipseg.config import Config
 from pipseg.data.annotations import ImageRecord
 from pipseg.errors import PipsegError
 
@@ -90,6 +91,47 @@ def load_manifest(prepared_dir: str | Path) -> dict[str, Any]:
             f"{path}: not a {MANIFEST_FORMAT} manifest (found {found!r}); run `pipseg prepare` again"
         )
     return manifest
+
+
+def _names(classes: Iterable[str], limit: int = 4) -> str:
+    classes = list(classes)
+    more = f", ... ({len(classes)} in all)" if len(classes) > limit else ""
+    return ", ".join(classes[:limit]) + more
+
+
+def agreed_classes(configured: list[str] | None, manifest: dict[str, Any], prepared_dir: Path) -> list[str]:
+    """The class list of a run: the manifest's when ``data.classes`` (``configured``) is unset;
+    a configured list must name the same classes in the same order (case-insensitively)."""
+    path = Path(prepared_dir).expanduser() / MANIFEST_NAME
+    prepared = manifest.get("classes")
+    if not isinstance(prepared, list) or len(prepared) < 2:
+        raise PipsegError(f"{path}: holds no class list; run `pipseg prepare` again")
+    if configured is None:
+        return [str(c) for c in prepared]
+    key = [c.strip().lower() for c in configured], [str(c).strip().lower() for c in prepared]
+    if key[0] != key[1]:
+        at = next((i for i, (a, b) in enumerate(zip(*key, strict=False)) if a != b), min(map(len, key)))
+        raise PipsegError(
+            f"data.classes: lists {len(configured)} classes ({_names(configured)}) but {path} was "
+            f"prepared with {len(prepared)} ({_names(prepared)}), first difference at class {at}; "
+            "remove data.classes from the config (the manifest's list is used) or prepare again"
+        )
+    return list(configured)
+
+
+def resolve_classes(cfg: Config) -> Config:
+    """``cfg`` with ``data.classes`` resolved: the prepared manifest's class list when the config
+    leaves it unset, else the configured list checked against the manifest. The one place every
+    command that reads a prepared dataset through a config gets its classes from."""
+    prepared_dir = cfg.data.prepared_dir
+    if not (prepared_dir / MANIFEST_NAME).is_file():
+        raise PipsegError(
+            f"data.prepared: {prepared_dir} holds no prepared dataset ({MANIFEST_NAME}); point "
+            "data.prepared (or data.root) at the folder `pipseg prepare` wrote, or run it first"
+        )
+    classes = agreed_classes(cfg.data.classes, load_manifest(prepared_dir), prepared_dir)
+    data = cfg.data.model_copy(update={"classes": classes})
+    return cfg.model_copy(update={"data": data})
 
 
 def read_split(prepared_dir: str | Path, manifest: dict[str, Any], split: str) -> list[str]:

@@ -8,6 +8,7 @@ so a checkpoint can stop and restart it exactly, in any number of loader workers
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,13 @@ from pipseg.models import InputConvention
 from pipseg.models.convention import mean_rgb255
 
 START = {"epoch": 0, "samples": 0}
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the main process, which stops at a step boundary and saves
+    (a terminal sends SIGINT to every process of the job; a worker it killed would break the
+    batches the main process still needs)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -107,6 +115,7 @@ def make_train_batches(
         pin_memory=device.type == "cuda",
         drop_last=True,
         persistent_workers=cfg.data.workers > 0,
+        worker_init_fn=ignore_interrupts,
         # Own generator: creating a loader iterator must not draw from the global RNG.
         generator=torch.Generator().manual_seed(cfg.runtime.seed + info.rank),
     )
@@ -123,11 +132,11 @@ def training_set(cfg: Config, convention: InputConvention) -> SegDataset:
     return train_set
 
 
-def validation_set(cfg: Config) -> Dataset:
-    """Ground-truth labels of ``data.val_split`` (never pseudo labels), at most val_max_images."""
+def validation_set(cfg: Config) -> tuple[Dataset, int]:
+    """Ground-truth labels of ``data.val_split`` (never pseudo labels), at most val_max_images,
+    and how many of the split's images have no ground-truth mask (left out). Empty when none
+    has one: the run then trains without validation."""
     val_set = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False)
     limit = cfg.runtime.val_max_images
-    val_set = Subset(val_set, range(min(limit, len(val_set)))) if limit else val_set
-    if len(val_set) == 0:  # type: ignore[arg-type]
-        raise PipsegError(f"data.val_split: split '{cfg.data.val_split}' has no images; check `pipseg prepare`")
-    return val_set
+    subset = Subset(val_set, range(min(limit, len(val_set)))) if limit else val_set
+    return subset, len(val_set.unlabelled)

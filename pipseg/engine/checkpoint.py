@@ -33,6 +33,8 @@ class TrainState:
     iteration: int = 0
     best_miou: float | None = None
     metrics: dict[str, Any] | None = None  # the last validation
+    wall_time_s: float = 0.0  # training wall time up to the last checkpoint, over every resume
+    interrupted: str | None = None  # the signal that asked the run to stop
 
     def validated(self, metrics: dict[str, Any]) -> bool:
         """Record a validation; True when its mIoU beats every earlier one."""
@@ -99,7 +101,7 @@ def training_checkpoint(
         "iteration": state.iteration, "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "rng": {**rng_states[0], "other_ranks": rng_states[1:]}, "data_position": data_position,
-        "best_miou": state.best_miou, "metrics": state.metrics,
+        "best_miou": state.best_miou, "metrics": state.metrics, "wall_time_s": state.wall_time_s,
     }  # fmt: skip
 
 
@@ -115,7 +117,9 @@ def restore_training(
     states = [ckpt["rng"], *ckpt["rng"].get("other_ranks", [])]
     if len(states) == info.world_size:
         set_rng_state(states[info.rank])
-    return TrainState(int(ckpt["iteration"]), ckpt.get("best_miou"), ckpt.get("metrics"))
+    return TrainState(
+        int(ckpt["iteration"]), ckpt.get("best_miou"), ckpt.get("metrics"), float(ckpt.get("wall_time_s", 0.0))
+    )
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> Path:

@@ -56,6 +56,24 @@ class DistInfo:
         return out / self.world_size
 
 
+class RankVote:
+    """The largest of every rank's integer, agreed by all ranks, over a CPU (gloo) group of its
+    own: on a GPU run the vote neither syncs the device nor waits for the default (nccl) stream.
+    Create it on every rank at the same point (making the group is a collective)."""
+
+    def __init__(self, info: DistInfo) -> None:
+        self.info = info
+        self.group = dist.new_group(backend="gloo") if info.enabled else None
+
+    def max(self, value: int) -> int:
+        """``max(value over ranks)`` (``value`` itself in one process)."""
+        if not self.info.enabled:
+            return value
+        out = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(out, op=dist.ReduceOp.MAX, group=self.group)
+        return int(out.item())  # a CPU tensor: no device sync
+
+
 def dist_info_from_env() -> DistInfo:
     """The ranks torchrun put in the environment (defaults: a single process)."""
     return DistInfo(

@@ -79,14 +79,19 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> Path:
 
 def run_header(
     cfg: Config, *, init: dict[str, Any], train_images: int, val_images: int, device: torch.device,
-    world_size: int, micro_batch: int, start_iteration: int, out_dir: Path,
+    world_size: int, micro_batch: int, start_iteration: int, out_dir: Path, val_without_masks: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
-    """What a run is: the ``start`` record of its log and event, and the head of its summary."""
+    """What a run is: the ``start`` record of its log and event, and the head of its summary.
+
+    ``val_images`` counts the val split's images with a ground-truth mask (those scored), and
+    ``val_without_masks`` the others; with no val image to score, ``validation`` is False.
+    """
     o = cfg.optim
     return {
         "model": cfg.model.name, "init": init, "label_source": cfg.data.label_source,
-        "train_split": cfg.data.train_split, "train_images": train_images,
-        "val_split": cfg.data.val_split, "val_images": val_images, "val_labels": "gt",
+        "classes": list(cfg.data.classes or []), "train_split": cfg.data.train_split,
+        "train_images": train_images, "val_split": cfg.data.val_split, "val_images": val_images,
+        "val_without_masks": val_without_masks, "val_labels": "gt", "validation": val_images > 0,
         "loss": cfg.loss.kind, "device": str(device), "world_size": world_size, "amp": cfg.runtime.amp,
         "batch_size": o.batch_size, "accumulate": o.accumulate, "micro_batch": micro_batch,
         "lr": o.lr, "iters": o.iters, "start_iteration": start_iteration, "out_dir": str(out_dir),

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from pipseg.config import Config, OptimConfig
+from pipseg.data.manifest import resolve_classes
 from pipseg.device import resolve_device
 from pipseg.engine import runlog
 from pipseg.engine.batches import TrainBatches, make_train_batches, training_set, validation_set
@@ -44,6 +45,7 @@ from pipseg.engine.checkpoint import (
 )
 from pipseg.engine.criterion import build_loss
 from pipseg.engine.distributed import DistInfo, dist_info_from_env, process_group
+from pipseg.engine.interrupt import StopSignals
 from pipseg.engine.lock import RunLock
 from pipseg.engine.run_folder import open_run_folder, resume_checkpoint
 from pipseg.errors import PipsegError
@@ -66,6 +68,7 @@ class TrainResult:
     last_checkpoint: Path
     best_checkpoint: Path | None
     summary: dict[str, Any] = field(default_factory=dict)
+    interrupted: str | None = None  # the signal that stopped the run early (SIGINT, SIGTERM)
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Run:
     val_set: Dataset
     reporter: runlog.Reporter
     identity: dict[str, Any]  # what each checkpoint says about the model and its training
+    started: float  # perf_counter() at the start, minus the wall time of the run before a resume
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,7 +109,7 @@ def train(
     :class:`TrainResult` on every rank (only rank 0 writes files).
 
     Args:
-        cfg: the resolved config.
+        cfg: the resolved config; ``data.classes`` unset means the prepared manifest's list.
         model: the network to train (a pipseg model: ``name``, ``input_convention``, the two
             parameter groups); default: ``model.name`` initialised as ``model.init`` says.
         loss: the criterion (``forward_parts(logits, labels, boxes)``); default from ``cfg.loss``.
@@ -115,6 +119,7 @@ def train(
         stop_at: stop after this iteration (saving last.pt) as if interrupted; the poly schedule
             still runs to ``optim.iters`` and a later ``resume`` continues exactly.
     """
+    cfg = resolve_classes(cfg)  # data.classes from the prepared manifest when the config has none
     info = dist_info_from_env()
     device = resolve_device(cfg.runtime.device, local_rank=info.local_rank, option="runtime.device")
     if device.type == "cuda":
@@ -127,7 +132,7 @@ def train(
 
         # The model first: its input convention sets the padding colour of the crops.
         model, init = starting_model(cfg, model, ckpt, ckpt_path)
-        train_set, val_set = training_set(cfg, model.input_convention), validation_set(cfg)
+        train_set, (val_set, val_without_masks) = training_set(cfg, model.input_convention), validation_set(cfg)
         model = sync_batchnorm(model, device, info).to(device, memory_format=memory_format(cfg))
         model_without_ddp = model
         if info.enabled:
@@ -142,6 +147,7 @@ def train(
         header = runlog.run_header(
             cfg, init=init, train_images=len(train_set), val_images=len(val_set), device=device,  # type: ignore[arg-type]
             world_size=info.world_size, micro_batch=micro_batch, start_iteration=state.iteration, out_dir=out_dir,
+            val_without_masks=val_without_masks,
         )  # fmt: skip
         if info.is_main:
             open_run_folder(out_dir, cfg, resumed_at=state.iteration if ckpt else None)
@@ -149,14 +155,15 @@ def train(
                                    tensorboard=cfg.runtime.tensorboard, classes=list(cfg.data.classes))  # fmt: skip
         reporter.start(header)
 
-        run = Run(cfg, info, device, out_dir, model, model_without_ddp, criterion, optimizer, scaler,
-                  batches, val_set, reporter, checkpoint_identity(cfg, model_without_ddp, len(train_set), init))  # fmt: skip
-        started = time.perf_counter()
+        run = Run(cfg, info, device, out_dir, model, model_without_ddp, criterion, optimizer, scaler, batches,
+                  val_set, reporter, checkpoint_identity(cfg, model_without_ddp, len(train_set), init),
+                  started=time.perf_counter() - state.wall_time_s)  # fmt: skip
         try:
-            train_loop(run, state, stop=min(cfg.optim.iters, stop_at) if stop_at is not None else cfg.optim.iters)
+            with StopSignals(info) as signals:
+                train_loop(run, state, min(cfg.optim.iters, stop_at) if stop_at is not None else cfg.optim.iters, signals)
         finally:
             reporter.close()
-        return finish(run, state, header, wall_time_s=time.perf_counter() - started)
+        return finish(run, state, header)
 
 
 def run_lock(out_dir: Path, info: DistInfo) -> AbstractContextManager:
@@ -164,12 +171,15 @@ def run_lock(out_dir: Path, info: DistInfo) -> AbstractContextManager:
     return RunLock(out_dir) if info.is_main else nullcontext()
 
 
-def train_loop(run: Run, state: TrainState, stop: int) -> None:
-    """Iterate from ``state.iteration`` to ``stop``: step, log, validate, save checkpoints."""
+def train_loop(run: Run, state: TrainState, stop: int, signals: StopSignals | None = None) -> None:
+    """Iterate from ``state.iteration`` to ``stop``: step, log, validate, save checkpoints. When
+    ``signals`` reports a stop request (Ctrl-C on any rank), every rank ends after the same
+    iteration with last.pt written there (``state.interrupted`` names the signal)."""
     o, rt = run.cfg.optim, run.cfg.runtime
     amp, fmt = AMP_DTYPES[rt.amp], memory_format(run.cfg)
     window = LogWindow(run.device, state.iteration)
     batches = iter(run.batches)
+    validating = len(run.val_set) > 0  # type: ignore[arg-type]  # no val masks: no validation, no best.pt
     run.model.train()
     while state.iteration < stop:
         set_lr(run.optimizer, poly_lr(o.lr, state.iteration, o.iters, o.poly_power))
@@ -182,21 +192,41 @@ def train_loop(run: Run, state: TrainState, stop: int) -> None:
             run.reporter.record("log", train_record(run, window, state.iteration, stop))
 
         paused, improved = time.perf_counter(), False
-        if state.iteration % rt.val_every == 0 or state.iteration == o.iters:
+        if validating and (state.iteration % rt.val_every == 0 or state.iteration == o.iters):
             improved = state.validated(plain(validate(run.model, run.val_set, run.cfg, run.device, amp)))
             run.reporter.validation(state.iteration, state.metrics, state.best_miou)  # type: ignore[arg-type]
         due = state.iteration % rt.ckpt_every == 0 or state.iteration == stop
         if due or improved:
             save_checkpoints(run, state, last=due, best=improved)
         window.pause(time.perf_counter() - paused)  # validation and saving are not training time
+        if signals is not None and state.iteration < stop and stop_requested(run, state, window, stop, signals, due):
+            return
 
 
-def finish(run: Run, state: TrainState, header: dict[str, Any], wall_time_s: float) -> TrainResult:
-    """Rank 0 writes the summary and the curves; every rank returns the result."""
+def stop_requested(
+    run: Run, state: TrainState, window: LogWindow, stop: int, signals: StopSignals, saved: bool
+) -> bool:
+    """At a step boundary: whether any rank was asked to stop (all ranks agree). If so, log the
+    open window and write last.pt at this iteration (unless ``saved`` already did) so ``--resume``
+    continues from here; ``state.interrupted`` names the signal."""
+    state.interrupted = signals.requested()
+    if state.interrupted is None:
+        return False
+    if state.iteration % run.cfg.runtime.log_every and state.iteration != stop:
+        run.reporter.record("log", train_record(run, window, state.iteration, stop))
+    if not saved:
+        save_checkpoints(run, state, last=True, best=False)
+    return True
+
+
+def finish(run: Run, state: TrainState, header: dict[str, Any]) -> TrainResult:
+    """Rank 0 writes the summary and the curves; every rank returns the result. ``wall_time_s``
+    counts every part of a resumed run (checkpoints carry the time before them)."""
     finished = state.iteration >= run.cfg.optim.iters
     summary = {
         **header, "iteration": state.iteration, "finished": finished, "best_miou": state.best_miou,
-        "metrics": state.metrics, "wall_time_s": wall_time_s,
+        "metrics": state.metrics, "wall_time_s": time.perf_counter() - run.started,
+        "interrupted": state.interrupted,
     }  # fmt: skip
     if run.info.is_main:
         summary = runlog.write_summary(run.out_dir, summary)
@@ -206,7 +236,7 @@ def finish(run: Run, state: TrainState, header: dict[str, Any], wall_time_s: flo
     return TrainResult(
         out_dir=run.out_dir, iteration=state.iteration, finished=finished, best_miou=state.best_miou,
         metrics=state.metrics, last_checkpoint=run.out_dir / LAST,
-        best_checkpoint=best if best.is_file() else None, summary=summary,
+        best_checkpoint=best if best.is_file() else None, summary=summary, interrupted=state.interrupted,
     )  # fmt: skip
 
 
@@ -260,7 +290,7 @@ def starting_model(
     if model is not None:
         return model, {"kind": "caller", "file": None, "sha256": None}
     torch.manual_seed(cfg.runtime.seed)  # the same initial weights on every rank
-    return build_initialised_model(cfg.model, num_classes)
+    return build_initialised_model(cfg.model, num_classes, classes=list(cfg.data.classes))
 
 
 def memory_format(cfg: Config) -> torch.memory_format:
@@ -405,6 +435,7 @@ def validate(
 def save_checkpoints(run: Run, state: TrainState, *, last: bool, best: bool) -> None:
     """Save last.pt and / or best.pt (rank 0) with every rank's RNG; all ranks wait for it."""
     rng_states = run.info.all_gather(rng_state())  # a collective: every rank takes part
+    state.wall_time_s = time.perf_counter() - run.started
     if run.info.is_main:
         ckpt = training_checkpoint(run.model_without_ddp, run.optimizer, run.scaler, state,
                                    run.batches.position(), rng_states, run.identity)  # fmt: skip

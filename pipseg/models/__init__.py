@@ -15,14 +15,19 @@ from pipseg.models.convention import (
 )
 from pipseg.models.init import build_initialised_model
 from pipseg.models.registry import (
+    DEEPLAB_INIT,
+    INIT_FILES,
     MODEL_NAMES,
     ImagenetWeights,
+    InitFile,
     build_model,
     imagenet_weight_file,
     imagenet_weights,
+    init_file,
 )
 from pipseg.models.weights import (
     CHECKPOINT_FORMAT,
+    init_from_file,
     init_from_imagenet,
     load_checkpoint,
     load_weights,
@@ -33,15 +38,20 @@ from pipseg.models.weights import (
 __all__ = [
     "CAFFE_BGR",
     "CHECKPOINT_FORMAT",
+    "DEEPLAB_INIT",
+    "INIT_FILES",
     "MODEL_NAMES",
     "TORCHVISION_RGB",
     "ImagenetWeights",
+    "InitFile",
     "InputConvention",
     "build_initialised_model",
     "build_model",
     "get_convention",
     "imagenet_weight_file",
     "imagenet_weights",
+    "init_file",
+    "init_from_file",
     "init_from_imagenet",
     "load_checkpoint",
     "load_weights",

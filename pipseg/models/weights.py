@@ -136,12 +136,60 @@ def _load_exact(
     model.load_state_dict(state, strict=False)  # strictness checked above, minus BN counters
 
 
+def _unpack(
+    obj: Mapping[str, Any], name: str, source: str
+) -> tuple[Mapping[str, Any], InputConvention | None, list[str] | None]:
+    """``(state dict, recorded input convention or None, class names or None)`` of a loaded
+    file: a pipseg checkpoint, a dict holding a ``model`` state dict, or a plain state dict."""
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        if obj.get("model_name", name) != name:
+            raise PipsegError(
+                f"{source}: checkpoint is for model '{obj['model_name']}', not '{name}'; set model.name accordingly"
+            )
+        if "input_convention" not in obj:
+            raise PipsegError(
+                f"{source}: missing key 'input_convention'; re-save the checkpoint with pipseg"
+            )
+        convention = convention_from_record(obj["input_convention"], source)
+        state, classes = obj.get("model"), obj.get("classes")
+    elif isinstance(obj.get("model"), Mapping):
+        state, classes = obj["model"], obj.get("classes")
+        record = obj.get("input_convention")
+        convention = convention_from_record(record, source) if record is not None else None
+    else:
+        state, classes = obj, None
+        convention = CAFFE_BGR if name == "vgg16_largefov" else None  # the authors' layout
+    if not isinstance(state, Mapping):
+        raise PipsegError(
+            f"{source}: key 'model' is not a state dict; re-save the checkpoint with pipseg"
+        )
+    names = [str(c) for c in classes] if isinstance(classes, list) else None
+    return strip_module_prefix(state), convention, names
+
+
+def classifier_keys(model: nn.Module) -> tuple[str, ...]:
+    """The state-dict keys of the model's classifier (the parameters of ``classifier_parameters()``)."""
+    head = {id(p) for p in model.classifier_parameters()}
+    return tuple(k for k, p in model.named_parameters() if id(p) in head)
+
+
+def reset_classifier(model: nn.Module) -> None:
+    """Re-initialise the classifier as METHOD.md section 5's fc8: weights N(0, 0.01), biases 0."""
+    with torch.no_grad():
+        for p in model.classifier_parameters():
+            if p.ndim > 1:
+                nn.init.normal_(p, std=0.01)
+            else:
+                nn.init.zeros_(p)
+
+
 def load_weights(
     model: nn.Module,
     path_or_state: str | os.PathLike[str] | Mapping[str, Any],
     *,
     input_convention: InputConvention | None = None,
     source: str | None = None,
+    new_classifier: bool = False,
 ) -> nn.Module:
     """Load weights into ``model`` in place, strictly, and set ``model.input_convention``.
 
@@ -150,7 +198,9 @@ def load_weights(
     a dict with a ``model`` state dict (and optionally ``input_convention``), or a plain state
     dict, with or without the ``module.`` prefix. A plain state dict for ``vgg16_largefov`` is
     the authors' layout and sets CAFFE_BGR; for other models the convention is left as it is.
-    ``input_convention`` overrides whatever the source implies.
+    ``input_convention`` overrides whatever the source implies. With ``new_classifier`` the
+    file's classifier is left out and the model's is re-initialised (`reset_classifier`);
+    everything else must still match exactly.
 
     Returns:
         ``model`` (for chaining).
@@ -162,33 +212,65 @@ def load_weights(
         source = source or "state dict"
         obj = path_or_state
     name = getattr(model, "name", type(model).__name__)
-    convention: InputConvention = model.input_convention
-    if obj.get("format") == CHECKPOINT_FORMAT:
-        if obj.get("model_name", name) != name:
-            raise PipsegError(
-                f"{source}: checkpoint is for model '{obj['model_name']}', not '{name}'; set model.name accordingly"
-            )
-        if "input_convention" not in obj:
-            raise PipsegError(
-                f"{source}: missing key 'input_convention'; re-save the checkpoint with pipseg"
-            )
-        convention = convention_from_record(obj["input_convention"], source)
-        state = obj.get("model")
-    elif isinstance(obj.get("model"), Mapping):
-        state = obj["model"]
-        if "input_convention" in obj:
-            convention = convention_from_record(obj["input_convention"], source)
-    else:
-        state = obj
-        if name == "vgg16_largefov":
-            convention = CAFFE_BGR
-    if not isinstance(state, Mapping):
-        raise PipsegError(
-            f"{source}: key 'model' is not a state dict; re-save the checkpoint with pipseg"
-        )
-    _load_exact(model, strip_module_prefix(state), source)
-    model.input_convention = input_convention or convention
+    state, convention, _ = _unpack(obj, name, source)
+    skip = classifier_keys(model) if new_classifier else ()
+    _load_exact(model, {k: v for k, v in state.items() if not k.startswith(skip)} if skip else state, source, skip)
+    if new_classifier:
+        reset_classifier(model)
+    model.input_convention = input_convention or convention or model.input_convention
     return model
+
+
+def _classes_text(names: list[str] | None, count: int) -> str:
+    if not names:
+        return f"{count} classes"
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return f"{count} classes ({shown})"
+
+
+def classifier_mismatch(
+    model: nn.Module, state: Mapping[str, Any], file_classes: list[str] | None, classes: list[str] | None
+) -> str | None:
+    """Why the file's classifier cannot start this run (another class count, or other class
+    names), or None when it fits. A file without the classifier's keys is left to the strict load."""
+    own = model.state_dict()
+    keys = [k for k in classifier_keys(model) if isinstance(state.get(k), torch.Tensor)]
+    if not keys:
+        return None
+    theirs = int(state[keys[0]].shape[0])
+    ours = int(own[keys[0]].shape[0])
+    shapes_differ = any(tuple(state[k].shape) != tuple(own[k].shape) for k in keys)
+    names_differ = bool(file_classes and classes) and [c.strip().lower() for c in file_classes] != [
+        c.strip().lower() for c in classes  # type: ignore[union-attr]
+    ]
+    if not (shapes_differ or names_differ):
+        return None
+    return f"the file has {_classes_text(file_classes, theirs)}, this run {_classes_text(classes, ours)}"
+
+
+def init_from_file(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    classes: list[str] | None = None,
+    *,
+    input_convention: InputConvention | None = None,
+) -> str | None:
+    """Start ``model`` from a weight file (a pipseg checkpoint or a state dict): all of it when
+    its classifier fits this run's ``classes``, else everything but the classifier, which is
+    re-initialised as METHOD.md section 5's fc8 (N(0, 0.01), bias 0).
+
+    Returns:
+        None when everything was loaded, else one line saying that the classifier was
+        re-initialised and why.
+    """
+    source = str(path)
+    obj = load_checkpoint(path)
+    state, _, file_classes = _unpack(obj, getattr(model, "name", type(model).__name__), source)
+    reason = classifier_mismatch(model, state, file_classes, classes)
+    load_weights(model, obj, source=source, input_convention=input_convention, new_classifier=reason is not None)
+    if reason is None:
+        return None
+    return f"classifier re-initialised (N(0, 0.01), bias 0): {reason}; everything else loaded from {Path(path).name}"
 
 
 def init_from_imagenet(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
