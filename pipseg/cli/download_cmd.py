@@ -121,7 +121,7 @@ def download(
     ] = False,
     retries: Annotated[int, typer.Option(min=0, help="Retries after a connection error.")] = 3,
 ) -> None:
-    """Fetch datasets, ImageNet weights and SAM checkpoints (resumable, verified)."""
+    """Fetch datasets and ImageNet weights (resumable, verified)."""
     from pipseg.config import default_weights_dir
 
     dest = dest.expanduser()
