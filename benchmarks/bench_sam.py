@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from segment_anything import SamPredictor
 
-from pipseg.labels.sam import SAM_BUILDERS, SamLabeller, load_sam
+from pipseg.data.prepare import LabelItem
+from pipseg.labels.sam import SAM_BUILDERS, SamLabeller, SamSource, load_sam
 
 
 def _interleaved(
@@ -82,17 +84,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     labeller = SamLabeller(model)
     predictor = SamPredictor(model)
 
+    work = Path(tempfile.mkdtemp(prefix="bench_sam_"))
+    source = SamSource(labeller)
+
+    def prepare_path(image: np.ndarray) -> None:
+        """What `prepare --pseudo sam` does per image: read, label, write (crf on fallback)."""
+        n = len(list(work.glob("*.png")))
+        Image.fromarray(image).save(work / f"im{n}.png")
+        source([LabelItem(f"im{n}", work / f"im{n}.png", boxes)], work / "out")
+
     def per_box(image: np.ndarray) -> None:
         predictor.set_image(image)
         for box in boxes[:, :4]:
             predictor.predict(box=box, multimask_output=True)
 
     names = [
+        "prepare --pseudo sam path (SamSource: read, label, write)",
         "SamLabeller: all boxes in one batch, painted",
         "package SamPredictor, one predict() per box",
         "image embedding alone (set_image)",
     ]
-    fns = [lambda im: labeller(im, boxes), per_box, predictor.set_image]
+    fns = [prepare_path, lambda im: labeller(im, boxes), per_box, predictor.set_image]
     rows = list(zip(names, _interleaved(fns, images), strict=True))
     print(f"SAM {args.model} on {model.device}, {torch.get_num_threads()} torch threads, "
           f"{images_n} images 500x375 with {args.boxes} boxes; load {load_s:.2f} s "

@@ -22,7 +22,7 @@ VOC_CLASSES: tuple[str, ...] = (
     "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 
-LabelSource = Literal["gt", "sdi", "wssl", "box", "grabcut", "crf"]
+LabelSource = Literal["gt", "sdi", "wssl", "box", "grabcut", "crf", "consensus", "sam"]
 ModelName = Literal["vgg16_largefov", "deeplabv2_resnet101", "tiny_deeplab"]  # = models.MODEL_NAMES
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]

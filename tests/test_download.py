@@ -30,6 +30,7 @@ from pipseg.download import (
     extract_archive,
     fetch,
     marker_path,
+    resolve_assets,
 )
 from pipseg.errors import PipsegError
 
@@ -513,3 +514,61 @@ def test_default_layout_is_where_train_and_config_look(tmp_path):
     assert ASSETS["resnet101"].filename == imagenet_weight_file("deeplabv2_resnet101")
     voc = ASSETS["voc2012"].destination(Path("~/data").expanduser(), weights)
     assert voc == DataConfig().root.expanduser()
+
+
+# ----------------------------------------------------------------- SAM checkpoints, authors' init
+
+
+def test_sam_checkpoint_fetched_resumably_and_verified_by_sha256(server, tmp_path, monkeypatch):
+    data = _payload(120_000, 5)
+    asset = ASSETS["sam-vit-b"]
+    assert asset.urls == ("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",)
+    assert asset.checksum.algorithm == "sha256" and len(asset.checksum.hexdigest) == 64
+    server.state.files[urlsplit(asset.urls[0]).path] = data
+    weights = tmp_path / "w"
+    (weights).mkdir()
+    (weights / "sam_vit_b_01ec64.pth.part").write_bytes(data[:50_000])  # an interrupted fetch
+    monkeypatch.setitem(catalogue.ASSETS, "sam-vit-b",
+                        replace(asset, checksum=Checksum("sha256", _sha256(data)), size=len(data)))
+    args = ["download", "sam-vit-b", "--weights-dir", str(weights), "--mirror", server.base]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (weights / "sam_vit_b_01ec64.pth").read_bytes() == data
+    assert "sha256 verified" in result.output and "resumed" in result.output
+    # A file that is not the published one is refused.
+    (weights / "sam_vit_b_01ec64.pth").unlink()
+    monkeypatch.setitem(catalogue.ASSETS, "sam-vit-b",
+                        replace(asset, checksum=Checksum("sha256", "0" * 64), size=len(data)))
+    assert runner.invoke(app, args).exit_code == 2
+    assert not (weights / "sam_vit_b_01ec64.pth").exists()
+
+
+def test_sam_checkpoints_are_listed_but_not_in_all():
+    names = {a.name for a in resolve_assets(["all"])}
+    for kind, file in (("b", "sam_vit_b_01ec64.pth"), ("l", "sam_vit_l_0b3195.pth"),
+                       ("h", "sam_vit_h_4b8939.pth")):  # fmt: skip
+        asset = ASSETS[f"sam-vit-{kind}"]
+        assert asset.filename == file and asset.location == "weights" and asset.name not in names
+    assert "deeplab-init" in names
+
+
+def test_deeplab_init_is_manual_with_where_to_get_it(tmp_path):
+    weights = tmp_path / "w"
+    from pipseg.cli.download_cmd import _table
+
+    assert runner.invoke(app, ["download", "--list", "--weights-dir", str(weights)]).exit_code == 0
+    table = _table(tmp_path, weights)  # the --list table, read by cell (the terminal folds them)
+    rows = dict(zip(table.columns[0]._cells, table.columns[4]._cells, strict=True))
+    assert {"sam-vit-b", "sam-vit-l", "sam-vit-h"} <= set(rows)
+    assert "manual: get it from https://github.com/wangleihitcs/DeepLab-V1-PyTorch" in rows["deeplab-init"]
+    assert rows["deeplab-init"].endswith(f"save it as {weights / 'deeplab_largeFOV.pth'}")
+
+    result = runner.invoke(app, ["download", "deeplab-init", "--weights-dir", str(weights)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "DeepLab-V1-PyTorch" in lines[0]
+    assert f"save it as {weights / 'deeplab_largeFOV.pth'}" in lines[0]
+    weights.mkdir()
+    (weights / "deeplab_largeFOV.pth").write_bytes(b"weights")
+    again = runner.invoke(app, ["download", "deeplab-init", "--weights-dir", str(weights)])
+    assert again.exit_code == 0 and "already present" in again.output

@@ -234,7 +234,7 @@ def test_wssl_rgb_and_sdi_conversion(prepared_root: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     "case, match",
     [
-        ("binary", r"syn_00004\.png: holds only 0 and 255, a binary mask"),
+        ("binary", r"--sdi: 24 of 24 label maps hold only 0 and 255 \(first: syn_00000\.png\): binary masks"),
         ("size", r"syn_00004\.png: label is 10x12, image is 96x72"),
         ("indices", r"syn_00004\.png: values \[\d+.*\] are not class ids"),
         ("missing", r"sdi lacks 1 label maps \(first: syn_00004\)"),
@@ -248,8 +248,9 @@ def test_label_sanity_errors(prepared_root: Path, tmp_path: Path, case: str, mat
         shutil.copy(root / "SegmentationClass" / f"{i}.png", sdi / f"{i}.png")
     bad = sdi / "syn_00004.png"
     gt = read_label(bad)
-    if case == "binary":
-        write_label(bad, np.where(gt > 0, 255, 0).astype(np.uint8))
+    if case == "binary":  # a folder of binary masks: every map 0 and 255
+        for path in sdi.glob("*.png"):
+            write_label(path, np.where(read_label(path) > 0, 255, 0).astype(np.uint8))
     elif case == "size":
         write_label(bad, np.zeros((12, 10), np.uint8))
     elif case == "indices":

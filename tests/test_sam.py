@@ -217,7 +217,7 @@ def test_runner_writes_resumes_and_notes(tiny_checkpoint: Path, tmp_path: Path) 
     )  # fmt: skip
     assert (report.written, report.skipped, report.stats.boxes) == (4, 0, 4)
     assert progress == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
-    assert len(notes) == 1 and "s per image" in notes[0] and "2 images to go" in notes[0]
+    assert len(notes) == 1 and "s per image" in notes[0] and "3 images to go" in notes[0]  # after the first image
     assert report.seconds_per_image is not None and report.seconds_per_image > 0
     for item in items:
         label = read_label(tmp_path / "out" / f"{item.sample_id}.png")

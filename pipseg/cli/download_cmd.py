@@ -1,4 +1,5 @@
-"""`pipseg download`: fetch the datasets and ImageNet weights into the default layout."""
+"""`pipseg download`: fetch the datasets, ImageNet weights and SAM checkpoints into the default
+layout; say where to get the assets a script cannot fetch."""
 
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ def _table(dest: Path, weights_dir: Path) -> Table:
         table.add_column(column, overflow="fold")
     for a in ASSETS.values():
         kind = "manual" if a.manual else a.checksum.kind if a.checksum else "none"
-        table.add_row(
-            a.name, _size(a.size), kind, str(a.destination(dest, weights_dir)), a.description
-        )
+        where = a.destination(dest, weights_dir)
+        what = f"{a.description}; manual: {a.manual.format(destination=where)}" if a.manual else a.description
+        table.add_row(a.name, _size(a.size), kind, str(where), what)
     return table
 
 
@@ -129,8 +130,24 @@ def download(
         console.print(_table(dest, weights))
         return
     with user_errors():
-        for asset in _assets_to_fetch(names, url, sha256, md5, extract):
+        assets = _assets_to_fetch(names, url, sha256, md5, extract)
+        for asset in assets:
+            if asset.manual is not None and "all" not in (names or []):
+                _manual_named(asset, dest, weights)
+                continue
             _report(_fetch_one(asset, dest, weights, mirror, retries))
+
+
+def _manual_named(asset: Asset, dest: Path, weights: Path) -> None:
+    """An asset named on the command line that only a browser can fetch: present, or its
+    instructions as the one error line (exit 2)."""
+    from pipseg.download import download_asset
+
+    result = download_asset(asset, dest=dest, weights_dir=weights)
+    if result.status != "manual":
+        _report(result)
+        return
+    raise fail(f"{asset.name}: needs a browser: {result.note}")
 
 
 def _fetch_one(

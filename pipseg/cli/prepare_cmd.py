@@ -10,17 +10,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipseg.cli._common import console, err_console, fail, user_errors
+from pipseg.cli._common import DeviceOpt, console, err_console, fail, user_errors
 from pipseg.config import DataConfig
 
 if TYPE_CHECKING:
-    from pipseg.data.prepare import PrepareReport
+    from pipseg.data.prepare import ModelSource, PrepareReport
 
 DEFAULT_VOC_ROOT = DataConfig().root  # what `prepare` reads without --images / --voc-root
 
 
 def report_table(report: PrepareReport) -> Table:
-    """The summary table: label maps per source and split, missing ones, mIoU against GT."""
+    """The summary table: label maps per source and split, missing ones, mIoU against GT on the
+    pixels each source labels, and the share it labels (not ignore)."""
     splits = list(report.splits)
     table = Table(title=f"{report.where} -> {report.out_dir}")
     table.add_column("source")
@@ -29,7 +30,8 @@ def report_table(report: PrepareReport) -> Table:
     table.add_column("missing", justify="right")
     table.add_column("new files", justify="right")
     table.add_column("mIoU vs GT", justify="right")
-    table.add_row("images", *[str(len(report.splits[s])) for s in splits], "", "", "")
+    table.add_column("labelled", justify="right")
+    table.add_row("images", *[str(len(report.splits[s])) for s in splits], "", "", "", "")
     for kind, source in report.sources.items():
         scored = next(iter(source.miou.items()), None)
         table.add_row(
@@ -38,6 +40,7 @@ def report_table(report: PrepareReport) -> Table:
             str(len(source.missing_ids)) if source.for_splits and source.missing else "-",
             str(source.written),
             f"{100 * scored[1]:.1f} ({scored[0]})" if scored else "",
+            f"{100 * source.coverage:.1f}%" if source.coverage is not None else "",
         )
     notes = [f"{report.format} boxes: {report.images} images, {report.objects} boxes"]
     if report.crowd:
@@ -71,7 +74,15 @@ def prepare(
         help="Class names: a text file (one per line) or a YOLO data.yaml; background is class 0.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Output folder (default <voc-root>/pipseg; required with --images).")] = None,
-    pseudo: Annotated[str, typer.Option(help="Pseudo labels to make from boxes: box,grabcut,crf.")] = "",
+    pseudo: Annotated[str, typer.Option(
+        help="Pseudo labels to make from boxes, comma-separated: box, grabcut, crf, consensus "
+        "(grabcut and crf where they agree, ignore where not), sam (Segment Anything; needs "
+        "--sam-checkpoint).")] = "",
+    sam_checkpoint: Annotated[Path | None, typer.Option(
+        help="SAM checkpoint for --pseudo sam (pipseg download sam-vit-b).")] = None,
+    sam_model: Annotated[str | None, typer.Option(
+        help="vit_b, vit_l or vit_h (default: read from the checkpoint).")] = None,
+    device: DeviceOpt = "auto",
     sbd_root: Annotated[Path | None, typer.Option(
         "--sbd-root", help="SBD folder holding benchmark_RELEASE (adds train_aug).")] = None,
     sdi: Annotated[Path | None, typer.Option(help="Folder of SDI (M&G+) label PNGs.")] = None,
@@ -91,11 +102,13 @@ def prepare(
 
         if voc_root is None and images is None and annotations is None:
             voc_root = DEFAULT_VOC_ROOT
+        kinds = [k.strip() for k in pseudo.split(",") if k.strip()]
+        models = _models(kinds, sam_checkpoint, sam_model, device)
         report = _run_with_progress(
-            voc_root, images=images, annotations=annotations, val_images=val_images,
+            voc_root, models=models, images=images, annotations=annotations, val_images=val_images,
             val_annotations=val_annotations, masks=masks, annotation_format=format,
             val_fraction=val_fraction, seed=seed, out=out,
-            pseudo=[k.strip() for k in pseudo.split(",") if k.strip()],
+            pseudo=kinds,
             sbd_root=sbd_root, sdi=sdi, wssl=wssl, workers=workers,
             classes=load_class_names(classes) if classes is not None else None,
             skip_unknown=skip_unknown, strict_boxes=strict_boxes, discover=discover,
@@ -103,6 +116,23 @@ def prepare(
         console.print(report_table(report))
         _warn(report.warnings)
         console.print(f"wrote {report.manifest_path}")
+
+
+def _models(
+    kinds: list[str], checkpoint: Path | None, model_type: str | None, device: str
+) -> dict[str, ModelSource]:
+    """The SAM label source, its model loaded (and checked) before anything is written."""
+    if "sam" not in kinds:
+        if checkpoint is not None or model_type is not None:
+            raise fail("--sam-checkpoint and --sam-model go with --pseudo sam")
+        return {}
+    if checkpoint is None:
+        return {}  # prepare_dataset names the missing flag
+    from pipseg.labels.sam import SamLabeller, SamSource, load_sam
+
+    with console.status(f"loading {checkpoint}"):
+        model = load_sam(checkpoint, model_type, device)
+    return {"sam": SamSource(SamLabeller(model))}
 
 
 def _run_with_progress(voc_root: Path | None, **kwargs: Any) -> PrepareReport:
@@ -123,7 +153,7 @@ def _run_with_progress(voc_root: Path | None, **kwargs: Any) -> PrepareReport:
             bar.update(tasks[stage], completed=done, total=total)
 
         try:
-            return prepare_dataset(voc_root, progress=on_progress, **kwargs)
+            return prepare_dataset(voc_root, progress=on_progress, on_note=bar.console.print, **kwargs)
         except PrepareError as e:
             bar.stop()
             console.print(report_table(e.report))

@@ -1,8 +1,10 @@
-"""Pseudo label maps from boxes: filled boxes, GrabCut, and a box-prior DenseCRF.
+"""Pseudo label maps from boxes: filled boxes, GrabCut, a box-prior DenseCRF, and the consensus
+of GrabCut and DenseCRF.
 
 All makers take 0-based inclusive boxes ``int [N,5] (x0, y0, x1, y1, cls)`` and return a uint8
-``[H, W]`` class map (0 = background). Where boxes overlap, smaller boxes are drawn on top
-(an object inside a larger one is usually in front of it).
+``[H, W]`` class map (0 = background, 255 = ignore). Where boxes overlap, smaller boxes are drawn
+on top (an object inside a larger one is usually in front of it): `paint_order` is that order for
+every label source, the model-run ones (`pipseg.labels`) included.
 """
 
 from __future__ import annotations
@@ -14,14 +16,30 @@ import numpy as np
 
 from pipseg.config import CRFConfig
 from pipseg.crf import DenseCRF
+from pipseg.data.labels import IGNORE_INDEX
 
-PSEUDO_KINDS: tuple[str, ...] = ("box", "grabcut", "crf")
+PSEUDO_KINDS: tuple[str, ...] = ("box", "grabcut", "crf", "consensus")
+CONSENSUS_OF: tuple[str, str] = ("grabcut", "crf")  # the two sources `consensus_label` combines
 MIN_KEEP = 0.15  # GrabCut/CRF results keeping less of a box than this fall back to the filled box
 
 
-def _largest_first(boxes: np.ndarray) -> np.ndarray:
+def paint_order(boxes: np.ndarray) -> np.ndarray:
+    """Indices of ``boxes`` largest first (stable), so smaller boxes are painted on top."""
     area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    return boxes[np.argsort(-area, kind="stable")]
+    return np.argsort(-area, kind="stable")
+
+
+def _largest_first(boxes: np.ndarray) -> np.ndarray:
+    return boxes[paint_order(boxes)]
+
+
+def mark_crowd(label: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """``label`` with its background inside the crowd boxes ``int [M, 4]`` set to ignore (255),
+    in place; pixels an object box gave a class keep it."""
+    for x0, y0, x1, y1 in np.asarray(crowd, np.int64).reshape(-1, 4).tolist():
+        region = label[y0 : y1 + 1, x0 : x1 + 1]
+        region[region == 0] = IGNORE_INDEX
+    return label
 
 
 def box_label(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -112,6 +130,16 @@ def crf_label(image: np.ndarray, boxes: np.ndarray, crf: CRFConfig | None = None
     return label
 
 
+def consensus_label(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Where two labels of the same boxes agree, their value; where they disagree, ignore (255).
+
+    Both labels are background outside every box, so the result is too; inside a box a pixel
+    keeps its class only where both sources give it (the idea of SDI's "M&G+" labels, from
+    boxes alone).
+    """
+    return np.where(first == second, first, IGNORE_INDEX).astype(np.uint8)
+
+
 def make_pseudo(
     kind: str, image: np.ndarray, boxes: np.ndarray, crf: CRFConfig | None = None
 ) -> np.ndarray:
@@ -120,6 +148,7 @@ def make_pseudo(
         "box": lambda: box_label(boxes, *image.shape[:2]),
         "grabcut": lambda: grabcut_label(image, boxes),
         "crf": lambda: crf_label(image, boxes, crf),
+        "consensus": lambda: consensus_label(grabcut_label(image, boxes), crf_label(image, boxes, crf)),
     }
     if kind not in makers:
         raise ValueError(f"unknown pseudo label kind '{kind}' (known: {', '.join(PSEUDO_KINDS)})")

@@ -21,6 +21,9 @@ from pipseg.errors import PipsegError
 from pipseg.models import imagenet_weight_file
 
 TORCHVISION_MODELS_URL = "https://download.pytorch.org/models/"
+SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+DEEPLAB_INIT_FILE = "deeplab_largeFOV.pth"  # what `model.init: deeplab-init` reads (docs/METHOD.md)
+DEEPLAB_INIT_PAGE = "https://github.com/wangleihitcs/DeepLab-V1-PyTorch/blob/master/data/deeplab_largeFOV.pth"
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,8 @@ class Asset:
     For an archive, ``extract_to`` is the folder it is unpacked into (relative to its location)
     and ``provides`` the folder it creates there; otherwise the file itself is the result.
     A ``manual`` asset cannot be fetched by a script (Google Drive, browser pages): its text says
-    where to get it, and ``provides`` where to put it.
+    where to get it, and ``provides`` where to put it. ``in_all`` is False for optional assets
+    that ``download all`` leaves out (the Segment Anything checkpoints, up to 2.6 GB each).
     """
 
     name: str
@@ -44,6 +48,7 @@ class Asset:
     extract_to: str | None = None
     provides: str | None = None
     manual: str | None = None
+    in_all: bool = True
 
     def base_dir(self, dest: Path, weights_dir: Path) -> Path:
         """The folder this asset's file (and its extraction) lives in."""
@@ -70,6 +75,17 @@ def _imagenet_weights(name: str, model: str, description: str, size: int | None 
         name=name, description=description, filename=filename,
         urls=(TORCHVISION_MODELS_URL + filename,), size=size,
         checksum=Checksum("sha256", prefix), location="weights",
+    )  # fmt: skip
+
+
+def _sam_checkpoint(kind: str, filename: str, sha256: str, size: int) -> Asset:
+    """Meta's public Segment Anything checkpoint of ``kind``, for ``prepare --pseudo sam``; the
+    SHA-256 and size are those third-party downloaders publish for these files (Meta publishes
+    none)."""
+    return Asset(
+        name=f"sam-{kind.replace('_', '-')}", filename=filename, urls=(SAM_URL + filename,),
+        description=f"Segment Anything {kind} checkpoint (prepare --pseudo sam --sam-checkpoint)",
+        size=size, checksum=Checksum("sha256", sha256), location="weights", in_all=False,
     )  # fmt: skip
 
 
@@ -132,14 +148,31 @@ ASSETS: dict[str, Asset] = {
                           "(vgg16_largefov init)", size=553_433_881),
         _imagenet_weights("resnet101", "deeplabv2_resnet101", "torchvision ResNet-101 ImageNet "
                           "weights, about 171 MiB (deeplabv2 init)"),
+        Asset(
+            name="deeplab-init",
+            description="the published run's DeepLab-LargeFOV init (model.init: deeplab-init)",
+            filename=DEEPLAB_INIT_FILE,
+            location="weights",
+            manual=(
+                f"get it from {DEEPLAB_INIT_PAGE} (the DeepLab-V1-PyTorch project; open it in a "
+                "browser and download the raw file), save it as {destination}"
+            ),
+        ),
+        _sam_checkpoint("vit_b", "sam_vit_b_01ec64.pth",
+                        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383),
+        _sam_checkpoint("vit_l", "sam_vit_l_0b3195.pth",
+                        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607),
+        _sam_checkpoint("vit_h", "sam_vit_h_4b8939.pth",
+                        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879),
     )
 }
 
 
 def resolve_assets(names: list[str]) -> list[Asset]:
-    """The catalogue entries for ``names`` (``all`` means every one), in the order given."""
+    """The catalogue entries for ``names`` (``all`` means every one but the optional SAM
+    checkpoints), in the order given."""
     if "all" in names:
-        return list(ASSETS.values())
+        return [a for a in ASSETS.values() if a.in_all]
     unknown = [n for n in names if n not in ASSETS]
     if unknown:
         known = ", ".join([*ASSETS, "all"])
@@ -178,8 +211,10 @@ class AssetResult:
 
 
 def _manual(asset: Asset, destination: Path) -> AssetResult:
-    """A hand-placed asset: present when its folder has files, else the instructions."""
-    if destination.is_dir() and any(destination.iterdir()):
+    """A hand-placed asset: present when its file is there or its folder has files, else the
+    instructions."""
+    placed = destination.is_file() and destination.stat().st_size > 0
+    if placed or (destination.is_dir() and any(destination.iterdir())):
         return AssetResult(asset, "present", destination)
     return AssetResult(asset, "manual", destination, note=asset.manual.format(destination=destination))
 

@@ -8,9 +8,11 @@
   box the multi-mask output with the highest predicted IoU, clipped to the box. A mask keeping
   less than ``min_fill`` or more than ``max_fill`` of its box is degenerate and the box takes a
   fallback label (the CRF label in `prepare`) instead; boxes are painted largest first (smaller
-  boxes on top, as in `pipseg.data.pseudo`); crowd regions are 255.
+  boxes on top: `pipseg.data.pseudo.paint_order`, as every source); crowd regions are 255.
 - `make_sam_labels` runs a labeller over a dataset, one model in the calling process, writing each
   label atomically and skipping finished ones, so a rerun resumes.
+- `SamSource` is that runner as the `sam` label source of `prepare`
+  (`pipseg.data.prepare.models.ModelSource`).
 
 Boxes are 0-based inclusive ``int [N, 5] (x0, y0, x1, y1, cls)`` as everywhere in pipseg.
 """
@@ -32,8 +34,11 @@ from segment_anything import SamPredictor
 from segment_anything.build_sam import build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
 from segment_anything.modeling import Sam
 
+from pipseg.config import CRFConfig
 from pipseg.data.images import read_image
-from pipseg.data.labels import IGNORE_INDEX, write_label
+from pipseg.data.labels import IGNORE_INDEX, read_label, write_label
+from pipseg.data.prepare.models import LabelItem, ModelRun
+from pipseg.data.pseudo import crf_label, mark_crowd, paint_order
 from pipseg.device import resolve_device
 from pipseg.errors import PipsegError
 
@@ -44,6 +49,7 @@ __all__ = [
     "SamItem",
     "SamLabeller",
     "SamReport",
+    "SamSource",
     "SamStats",
     "load_sam",
     "make_sam_labels",
@@ -64,7 +70,7 @@ PATCH_KEY = "image_encoder.patch_embed.proj.weight"
 MIN_FILL = 0.15
 MAX_FILL = 0.98
 FILL_BINS = 20  # histogram of mask fill per box, for tuning the two bars on real data
-NOTE_AFTER = 2  # images before the time per image is estimated (the first one warms up)
+NOTE_AFTER = 1  # images measured before the time per image is estimated and shown
 CHECKPOINT_HINT = "pass --sam-checkpoint an official SAM checkpoint (pipseg download sam-vit-b)"
 
 # ----------------------------------------------------------------------------------------------
@@ -227,12 +233,6 @@ class SamStats:
         self.fill_hist += other.fill_hist
 
 
-def paint_order(boxes: np.ndarray) -> np.ndarray:
-    """Indices of ``boxes`` largest first (stable), so smaller boxes are painted on top."""
-    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    return np.argsort(-area, kind="stable")
-
-
 class SamLabeller:
     """Box-prompted SAM pseudo labels for one image at a time (see the module docstring).
 
@@ -348,14 +348,7 @@ class SamLabeller:
 # A whole dataset
 
 
-@dataclass(frozen=True)
-class SamItem:
-    """One image to label: its id (the label is ``<out_dir>/<sample_id>.png``), image file and
-    boxes (0-based inclusive ``int [N, 5]``)."""
-
-    sample_id: str
-    image: Path
-    boxes: np.ndarray
+SamItem = LabelItem  # one image to label: id, image file, boxes, crowd boxes, fallback file
 
 
 @dataclass
@@ -394,11 +387,13 @@ def make_sam_labels(
     """Write ``<out_dir>/<sample_id>.png`` for each item that has none yet, with ``labeller``.
 
     ``fallback(image, boxes)`` gives the class map used inside degenerate boxes (e.g.
-    ``functools.partial(crf_label, crf=cfg)``), computed only for images that need it;
-    ``crowd(item)`` gives the item's crowd mask (bool ``[H, W]``) or ``None``. ``progress(done,
-    total)`` counts the images this run labels (finished ones are skipped); ``on_note`` gets one
-    line with the expected time per image and for the rest of the run once `NOTE_AFTER` images
-    are done and more remain. Raises `PipsegError` for an unreadable image or an unwritable label.
+    ``functools.partial(crf_label, crf=cfg)``), computed only for images that need it and only
+    when the item's ``fallback_label`` file does not exist (else that file is read);
+    ``crowd(item)`` gives a mask (bool ``[H, W]``) to set to 255, and the background inside the
+    item's crowd boxes becomes 255 as in every source. ``progress(done, total)`` counts the
+    images this run labels (finished ones are skipped); ``on_note`` gets one line with the
+    measured time per image and the expected time for the rest once `NOTE_AFTER` images are done
+    and more remain. Raises `PipsegError` for an unreadable image or an unwritable label.
     """
     out_dir = Path(out_dir)
     todo = [item for item in items if not (out_dir / f"{item.sample_id}.png").is_file()]
@@ -407,25 +402,10 @@ def make_sam_labels(
         progress(0, len(todo))
     for done, item in enumerate(todo, 1):
         start = time.perf_counter()
-        image = read_image(item.image)
-        label, stats = labeller(
-            image,
-            item.boxes,
-            crowd=crowd(item) if crowd else None,
-            fallback=lambda image=image, boxes=item.boxes: fallback(image, boxes),
-        )
-        path = out_dir / f"{item.sample_id}.png"
-        try:
-            write_label(path, label)
-        except OSError as e:
-            raise PipsegError(
-                f"{path}: cannot write ({e.strerror or e}); check free space and permissions"
-            ) from None
-        report.written += 1
-        report.stats.add(stats)
+        _label_one(item, out_dir, labeller, fallback, crowd, report)
         report.image_seconds.append(time.perf_counter() - start)
         if on_note and done == NOTE_AFTER and len(todo) > done:
-            per_image = statistics.median(report.image_seconds[1:])
+            per_image = statistics.median(report.image_seconds)
             on_note(
                 f"sam: about {per_image:.1f} s per image on {labeller.device.type}; "
                 f"{len(todo) - done} images to go, about {_hms(per_image * (len(todo) - done))}"
@@ -433,3 +413,69 @@ def make_sam_labels(
         if progress:
             progress(done, len(todo))
     return report
+
+
+def _label_one(
+    item: SamItem, out_dir: Path, labeller: SamLabeller,
+    fallback: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    crowd: Callable[[SamItem], np.ndarray | None] | None, report: SamReport,
+) -> None:  # fmt: skip
+    image = read_image(item.image)
+
+    def fallback_label() -> np.ndarray:
+        if item.fallback_label is not None and item.fallback_label.is_file():
+            return read_label(item.fallback_label)
+        return fallback(image, item.boxes)
+
+    label, stats = labeller(
+        image, item.boxes, crowd=crowd(item) if crowd else None, fallback=fallback_label
+    )
+    path = out_dir / f"{item.sample_id}.png"
+    try:
+        write_label(path, mark_crowd(label, item.crowd))
+    except OSError as e:
+        raise PipsegError(
+            f"{path}: cannot write ({e.strerror or e}); check free space and permissions"
+        ) from None
+    report.written += 1
+    report.stats.add(stats)
+
+
+@dataclass
+class SamSource:
+    """The ``sam`` label source of `prepare` (`pipseg.data.prepare.models.ModelSource`): runs
+    `make_sam_labels` with ``labeller``, degenerate boxes falling back to the ``crf`` label
+    (read from `prepare`'s ``crf`` labels when they exist, else made with ``crf``)."""
+
+    labeller: SamLabeller
+    crf: CRFConfig = field(default_factory=CRFConfig)
+
+    def __call__(
+        self,
+        items: Sequence[SamItem],
+        out_dir: Path,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        on_note: Callable[[str], None] | None = None,
+    ) -> ModelRun:
+        """Label ``items`` into ``out_dir``; the run's box counts and time per image in
+        ``stats``, the fallback count in ``notes``."""
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        report = make_sam_labels(
+            items, out_dir, self.labeller, fallback=lambda image, boxes: crf_label(image, boxes, self.crf),
+            progress=progress, on_note=on_note,
+        )  # fmt: skip
+        s = report.stats
+        stats = {
+            "boxes": s.boxes, "fallbacks": s.fallbacks, "nearly_empty": s.empty, "nearly_full": s.full,
+            "min_fill": self.labeller.min_fill, "max_fill": self.labeller.max_fill,
+            "fill_hist": s.fill_hist.tolist(), "seconds_per_image": report.seconds_per_image,
+            "device": self.labeller.device.type,
+        }  # fmt: skip
+        notes = []
+        if s.boxes:
+            notes.append(
+                f"sam: {s.fallbacks} of {s.boxes} boxes took the crf label ({s.empty} nearly "
+                f"empty masks, {s.full} nearly full)"
+            )
+        return ModelRun(report.written, report.skipped, stats, notes)

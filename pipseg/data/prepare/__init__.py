@@ -5,7 +5,8 @@ The dataset is a VOC folder (``--voc-root``) or images with COCO JSON, YOLO or V
 touched: split lists ``splits/<name>.txt``, the boxes of every image in one form
 ``annotations.json``, SBD labels ``SegmentationClassAug/<id>.png``, masks drawn from COCO
 segmentations ``masks/<id>.png``, converted WSSL/SDI labels ``labels/<kind>/<id>.png``, pseudo
-labels ``pseudo/<kind>/<id>.png`` and, written last and atomically, ``manifest.json`` (layout in
+labels ``pseudo/<kind>/<id>.png`` (``sam`` run by a model source in this process, see
+`pipseg.data.prepare.models`) and, written last and atomically, ``manifest.json`` (layout in
 `pipseg.data.manifest`).
 
 Stages (`pipseg.data.prepare.stages`): read annotations, find ground truth, choose splits, build
@@ -23,6 +24,7 @@ from pipseg.data.prepare.inputs import (
     discover_sources,
     resolve_inputs,
 )
+from pipseg.data.prepare.models import MODEL_KINDS, LabelItem, ModelRun, ModelSource
 from pipseg.data.prepare.pipeline import prepare_dataset
 from pipseg.data.prepare.report import PrepareError, PrepareReport, SourceReport
 from pipseg.data.prepare.work import read_sbd_label
@@ -30,6 +32,10 @@ from pipseg.data.prepare.work import read_sbd_label
 __all__ = [
     "DEFAULT_VOC_ROOT",
     "DatasetInputs",
+    "LabelItem",
+    "MODEL_KINDS",
+    "ModelRun",
+    "ModelSource",
     "PrepareError",
     "PrepareReport",
     "SourceReport",

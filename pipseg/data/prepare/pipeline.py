@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipseg.config import CRFConfig
 from pipseg.data.annotations import AnnotationSet
 from pipseg.data.prepare.inputs import DatasetInputs, SplitLists, read_split_lists, resolve_inputs
+from pipseg.data.prepare.models import MODEL_KINDS, ModelSource
 from pipseg.data.prepare.report import PrepareError, PrepareReport, SourceReport, summary
 from pipseg.data.prepare.stages import (
     Progress,
@@ -22,6 +23,7 @@ from pipseg.data.prepare.stages import (
     read_dataset,
     run_builds,
     run_checks,
+    run_models,
     write_outputs,
 )
 from pipseg.data.pseudo import PSEUDO_KINDS
@@ -39,6 +41,7 @@ def prepare_dataset(
     wssl: PathArg = None, workers: int | None = None, classes: Sequence[str] | None = None,
     skip_unknown: bool = False, strict_boxes: bool = False, crf: CRFConfig | None = None,
     discover: bool = False, progress: Progress | None = None,
+    models: Mapping[str, ModelSource] | None = None, on_note: Callable[[str], None] | None = None,
 ) -> PrepareReport:  # fmt: skip
     """Check a box-annotated dataset and build splits, labels and the manifest under ``out``.
 
@@ -48,10 +51,14 @@ def prepare_dataset(
     ``val_fraction`` split. ``classes`` lists the class names (background is added first unless
     given); ``pseudo`` the pseudo label kinds to make (`PSEUDO_KINDS`); ``sbd_root``, ``sdi``,
     ``wssl`` add VOC's extra label sources (``discover`` finds them in the download layout).
-    ``progress(stage, done, total)`` is called as work proceeds. Raises `PrepareError` with the
-    report attached when inputs are missing or corrupt; the manifest is then not written.
+    ``models`` holds the model-run sources by kind (``{"sam": pipseg.labels.sam.SamSource(...)}``),
+    needed for those kinds in ``pseudo``; they run in this process after the others.
+    ``progress(stage, done, total)`` is called as work proceeds, ``on_note(line)`` with lines to
+    show at once (a model source's expected time). Raises `PrepareError` with the report
+    attached when inputs are missing or corrupt; the manifest is then not written.
     """
-    kinds = _pseudo_kinds(pseudo)
+    models = dict(models or {})
+    kinds = _pseudo_kinds(pseudo, models)
     if val_fraction is not None and not 0 < val_fraction <= 1:
         raise PipsegError(f"--val-fraction: {val_fraction} is not in (0, 1]")
     inputs, notes = resolve_inputs(
@@ -87,6 +94,8 @@ def prepare_dataset(
     n_workers = max(1, workers or default_workers())
     tasks = {"gt": gt.tasks, **build_tasks(report, ann, inputs, kinds, build_ids, crf or CRFConfig())}
     run_builds(report, {k: v for k, v in tasks.items() if v}, n_workers, progress)
+    run_models(report, ann, inputs.out, {k: models[k] for k in kinds if k in MODEL_KINDS},
+               build_ids, progress, on_note)  # fmt: skip
     bases = {"voc": inputs.voc_root or Path("/"), "prepared": inputs.out, "absolute": Path("/")}
     checks = check_tasks(report, ann, gt, bases, score_ids)
     run_checks(report, checks, score_split, n_workers, progress)
@@ -95,13 +104,20 @@ def prepare_dataset(
     return report
 
 
-def _pseudo_kinds(pseudo: Sequence[str]) -> list[str]:
+def _pseudo_kinds(pseudo: Sequence[str], models: Mapping[str, ModelSource]) -> list[str]:
     kinds = list(dict.fromkeys(pseudo))
-    unknown = [k for k in kinds if k not in PSEUDO_KINDS]
+    known = [*PSEUDO_KINDS, *MODEL_KINDS]
+    unknown = [k for k in kinds if k not in known]
     if unknown:
         raise PipsegError(
-            f"--pseudo: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(PSEUDO_KINDS)}"
+            f"--pseudo: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(known)}"
         )
+    for kind in kinds:
+        if kind in MODEL_KINDS and kind not in models:
+            raise PipsegError(
+                f"--pseudo {kind}: needs {MODEL_KINDS[kind]} PATH, a SAM checkpoint file "
+                "(get one with `pipseg download sam-vit-b`)"
+            )
     return kinds
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipseg.data.annotations import first_few
 from pipseg.errors import PipsegError
@@ -17,8 +18,11 @@ class SourceReport:
     dirs: list[dict[str, str]]
     counts: dict[str, int] = field(default_factory=dict)
     missing: dict[str, list[str]] = field(default_factory=dict)
-    miou: dict[str, float] = field(default_factory=dict)  # split -> mIoU against GT
+    miou: dict[str, float] = field(default_factory=dict)  # split -> mIoU on its labelled pixels
+    coverage: float | None = None  # share of its pixels not ignore (255), over all its maps
     written: int = 0  # label files created by this run
+    stats: dict[str, Any] = field(default_factory=dict)  # a model source's figures (sam)
+    background_only: list[str] = field(default_factory=list)  # maps of only 0 and 255 (sdi, wssl)
     for_splits: tuple[str, ...] = ("train_aug", "train")  # splits it must cover (gt: none)
 
     @property

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipseg import __version__
 from pipseg.config import CRFConfig
-from pipseg.data.annotations import AnnotationSet, read_annotations
+from pipseg.data.annotations import AnnotationSet, ImageRecord, read_annotations
 from pipseg.data.images import image_size
 from pipseg.data.manifest import (
     ANNOTATIONS_NAME,
@@ -26,11 +26,13 @@ from pipseg.data.manifest import (
     resolve_folder,
 )
 from pipseg.data.prepare.inputs import DatasetInputs, SplitLists, fraction_split
+from pipseg.data.prepare.models import MODEL_KINDS, LabelItem, ModelSource
 from pipseg.data.prepare.report import PrepareError, PrepareReport, SourceReport, summary
 from pipseg.data.prepare.work import (
     BuildTask,
     CheckTask,
     CocoMaskTask,
+    ConsensusTask,
     ConvertTask,
     PseudoTask,
     SbdTask,
@@ -38,6 +40,7 @@ from pipseg.data.prepare.work import (
     check_label,
     init_worker,
 )
+from pipseg.data.pseudo import CONSENSUS_OF
 from pipseg.errors import PipsegError
 from pipseg.io import atomic_write_json, atomic_write_text
 from pipseg.metrics import scores_from_matrix
@@ -45,6 +48,10 @@ from pipseg.parallel import run_tasks
 
 Progress = Callable[[str, int, int], None]  # (stage description, done, total)
 DEFAULT_VAL_FRACTION = 0.1
+# An SDI/WSSL source whose maps hold only 0 and 255 on more than this share of the images with
+# objects is a folder of binary masks (an error); fewer such maps are labels whose objects all
+# became ignore, counted and reported.
+BINARY_FOLDER_SHARE = 0.5
 
 
 def _tick(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
@@ -218,20 +225,61 @@ def build_tasks(
             ]  # fmt: skip
     for kind in kinds:
         report.sources[kind] = SourceReport(kind, [{"base": "prepared", "path": f"pseudo/{kind}"}])
+        if kind in MODEL_KINDS:
+            continue  # run by `run_models` in this process
         dst = inputs.out / "pseudo" / kind
-        tasks[kind] = [
-            PseudoTask(kind, i, r.image, dst / f"{i}.png", r.boxes, r.crowd, crf)
-            for i, r in ((i, ann.records[i]) for i in build_ids)
-            if not (dst / f"{i}.png").is_file()
-        ]
+        todo = [ann.records[i] for i in build_ids if not (dst / f"{i}.png").is_file()]
+        tasks[kind] = [_pseudo_task(kind, r, dst / f"{r.id}.png", inputs.out, crf) for r in todo]
     return tasks
+
+
+def _pseudo_task(kind: str, r: ImageRecord, dst: Path, out: Path, crf: CRFConfig) -> BuildTask:
+    if kind != "consensus":
+        return PseudoTask(kind, r.id, r.image, dst, r.boxes, r.crowd, crf)
+    first, second = (out / "pseudo" / k / f"{r.id}.png" for k in CONSENSUS_OF)
+    return ConsensusTask(r.id, r.image, dst, r.boxes, r.crowd, crf, (first, second))
+
+
+def run_models(
+    report: PrepareReport, ann: AnnotationSet, out: Path, models: dict[str, ModelSource],
+    build_ids: Sequence[str], progress: Progress | None, on_note: Callable[[str], None] | None,
+) -> None:  # fmt: skip
+    """Run each model label source over ``build_ids`` in this process (one model per device),
+    after the pool's sources: a degenerate box falls back to the ``crf`` label just written."""
+    for kind, source in models.items():
+        items = [
+            LabelItem(i, ann.records[i].image, ann.records[i].boxes, ann.records[i].crowd,
+                      out / "pseudo" / "crf" / f"{i}.png")
+            for i in build_ids
+        ]  # fmt: skip
+        run = source(
+            items, out / "pseudo" / kind, progress=_tick(progress, f"making {kind} labels"),
+            on_note=on_note,
+        )  # fmt: skip
+        report.sources[kind].written += run.written
+        report.sources[kind].stats = run.stats
+        report.notes.extend(run.notes)
 
 
 def run_builds(
     report: PrepareReport, tasks: dict[str, list[BuildTask]], workers: int,
     progress: Progress | None,
 ) -> None:  # fmt: skip
-    """Make every label file (``gt`` tasks count as the ground truth's); raise on problems."""
+    """Make every label file (``gt`` tasks count as the ground truth's); raise on problems.
+
+    Consensus labels are made after the others, so they read the ``grabcut`` and ``crf`` labels
+    this run wrote instead of making them again."""
+    later = {k: v for k, v in tasks.items() if k == "consensus"}
+    first = {k: v for k, v in tasks.items() if k not in later}
+    for phase in (first, later):
+        if phase:
+            _run_build_phase(report, phase, workers, progress)
+
+
+def _run_build_phase(
+    report: PrepareReport, tasks: dict[str, list[BuildTask]], workers: int,
+    progress: Progress | None,
+) -> None:  # fmt: skip
     flat = [(kind, task) for kind, items in tasks.items() for task in items]
     stage = {k: "converting SBD/COCO masks" if k == "gt" else f"making {k} labels" for k in tasks}
     done = dict.fromkeys(tasks, 0)
@@ -272,11 +320,10 @@ def check_tasks(
         for split, ids in report.splits.items():
             source.missing[split] = [i for i in ids if i not in paths]
             source.counts[split] = len(ids) - len(source.missing[split])
-        external = kind in ("sdi", "wssl") or (kind == "gt")
         tasks[kind] = [
             CheckTask(
                 i, p, ann.records[i].width, ann.records[i].height, c,
-                binary_check=external and i not in gt.written_by_us and len(ann.records[i].boxes) > 0,
+                background_only=_background_check(kind, len(ann.records[i].boxes) > 0, i in gt.written_by_us),
                 gt=gt.paths.get(i) if kind != "gt" and i in score_ids else None,
             )
             for i, p in paths.items()
@@ -284,33 +331,49 @@ def check_tasks(
     return tasks
 
 
+def _background_check(kind: str, has_objects: bool, ours: bool) -> str | None:
+    """How a map of only 0 and 255 on an image with objects counts (`CheckTask`)."""
+    if not has_objects or ours:
+        return None
+    return "error" if kind == "gt" else "count" if kind in ("sdi", "wssl") else None
+
+
 def run_checks(
     report: PrepareReport, tasks: dict[str, list[CheckTask]], score_split: str, workers: int,
     progress: Progress | None,
 ) -> None:  # fmt: skip
-    """Check every label map, score sources against ground truth; raise on problems."""
+    """Check every label map, score sources against ground truth on the pixels each labels,
+    measure their coverage, count SDI/WSSL maps of only background and ignore; raise on problems."""
     flat = [(kind, task) for kind, items in tasks.items() for task in items]
     c = len(report.classes)
     matrices = {kind: np.zeros((c, c), np.int64) for kind in tasks}
+    pixels = {kind: np.zeros(2, np.int64) for kind in tasks}  # labelled, all
     scored: set[str] = set()
     done = dict.fromkeys(tasks, 0)
     problems = []
     results = run_tasks(check_label, [t for _, t in flat], workers=workers,
                         initializer=init_worker, on_warning=report.warnings.append)  # fmt: skip
-    for index, (problem, counts) in results:
-        kind = flat[index][0]
+    for index, result in results:
+        kind, task = flat[index]
         done[kind] += 1
         if progress:
             progress(f"checking {kind} labels", done[kind], len(tasks[kind]))
-        if problem:
-            problems.append(problem)
-        elif counts is not None:
-            matrices[kind] += counts
+        if result.problem:
+            problems.append(result.problem)
+            continue
+        pixels[kind] += (result.labelled, result.pixels)
+        if result.background_only:
+            report.sources[kind].background_only.append(str(task.path))
+        if result.counts is not None:
+            matrices[kind] += result.counts
             scored.add(kind)
+    problems += _background_only(report, tasks)
     if problems:
         raise PrepareError(summary(problems, "ill-formed label maps", report.where), report)
     for kind in scored:
         report.sources[kind].miou[score_split] = float(scores_from_matrix(matrices[kind])["miou"])
+    for kind, (labelled, total) in pixels.items():
+        report.sources[kind].coverage = float(labelled / total) if total else None
     missing = [
         f"{kind} lacks {len(s.missing_ids)} label maps (first: {', '.join(s.missing_ids[:5])})"
         for kind, s in report.sources.items()
@@ -318,6 +381,29 @@ def run_checks(
     ]
     if missing:
         raise PrepareError(summary(missing, "incomplete label sources", report.where), report)
+
+
+def _background_only(report: PrepareReport, tasks: dict[str, list[CheckTask]]) -> list[str]:
+    """SDI/WSSL maps of only background and ignore on images with objects: a warning line with
+    their count and the first few files, or a problem when they are most of the source (a folder
+    of binary masks, not class ids)."""
+    problems = []
+    for kind, source in report.sources.items():
+        found = sorted(source.background_only)
+        if not found:
+            continue
+        checked = sum(t.background_only == "count" for t in tasks[kind])
+        if len(found) > BINARY_FOLDER_SHARE * checked:
+            problems.append(
+                f"--{kind}: {len(found)} of {checked} label maps hold only 0 and 255 "
+                f"(first: {Path(found[0]).name}): binary masks, not class ids"
+            )
+        else:
+            report.warnings.append(summary(
+                found, f"{kind} label maps hold only background and ignore on images with boxes "
+                "(their objects train as ignore)", report.where, "counted, not an error",
+            ))  # fmt: skip
+    return problems
 
 
 # -------------------------------------------------------------------------- 6. write outputs
@@ -367,7 +453,9 @@ def manifest(
         "split_rule": report.split_rule,
         "sources": {
             kind: {"dirs": s.dirs, "counts": s.counts, "for_splits": list(s.for_splits),
-                   "missing": {k: len(v) for k, v in s.missing.items()}, "miou": s.miou}  # fmt: skip
+                   "missing": {k: len(v) for k, v in s.missing.items()}, "miou": s.miou,
+                   "coverage": s.coverage, "background_only": len(s.background_only),
+                   **({"stats": s.stats} if s.stats else {})}  # fmt: skip
             for kind, s in report.sources.items()
         },
     }

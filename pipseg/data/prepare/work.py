@@ -17,7 +17,7 @@ from pipseg.config import CRFConfig
 from pipseg.data.coco import coco_label
 from pipseg.data.images import read_image
 from pipseg.data.labels import IGNORE_INDEX, read_label, write_label
-from pipseg.data.pseudo import make_pseudo
+from pipseg.data.pseudo import CONSENSUS_OF, consensus_label, make_pseudo, mark_crowd
 from pipseg.errors import PipsegError
 from pipseg.metrics import confusion_counts
 
@@ -98,13 +98,35 @@ class PseudoTask:
 
     def make(self) -> np.ndarray:
         label = make_pseudo(self.kind, read_image(self.image), self.boxes, self.crf)
-        for x0, y0, x1, y1 in self.crowd.tolist():
-            region = label[y0 : y1 + 1, x0 : x1 + 1]
-            region[region == 0] = IGNORE_INDEX
-        return label
+        return mark_crowd(label, self.crowd)
 
 
-BuildTask = SbdTask | ConvertTask | CocoMaskTask | PseudoTask
+@dataclass(frozen=True)
+class ConsensusTask:
+    """Make one consensus label from the ``grabcut`` and ``crf`` labels: read from ``sources``
+    where `prepare` already wrote them, else made here (and not kept)."""
+
+    id: str
+    image: Path
+    dst: Path
+    boxes: np.ndarray
+    crowd: np.ndarray
+    crf: CRFConfig
+    sources: tuple[Path, Path]  # the grabcut and crf label files of this image
+
+    def make(self) -> np.ndarray:
+        image: np.ndarray | None = None
+        labels = []
+        for kind, path in zip(CONSENSUS_OF, self.sources, strict=True):
+            if path.is_file():
+                labels.append(read_label(path))
+                continue
+            image = read_image(self.image) if image is None else image
+            labels.append(mark_crowd(make_pseudo(kind, image, self.boxes, self.crf), self.crowd))
+        return consensus_label(*labels)
+
+
+BuildTask = SbdTask | ConvertTask | CocoMaskTask | PseudoTask | ConsensusTask
 
 
 def build_label(task: BuildTask) -> str | None:
@@ -127,32 +149,50 @@ class CheckTask:
     width: int
     height: int
     num_classes: int
-    binary_check: bool  # flag a map of only 0 and 255 (an external binary mask) on an image with objects
+    # On an image with objects, a map of only 0 and 255: "error" (ground truth: a binary mask),
+    # "count" (SDI/WSSL: a label whose objects all became ignore, reported), or None (no check).
+    background_only: str | None = None
     gt: Path | None = None
 
 
-def check_label(task: CheckTask) -> tuple[str | None, np.ndarray | None]:
-    """``(problem or None, confusion counts [C, C] against gt or None)``."""
+@dataclass(frozen=True)
+class CheckResult:
+    """One label map checked: the problem, or its confusion counts against the ground truth on
+    its labelled pixels (None when not scored), its labelled and total pixels, and whether it
+    holds only background and ignore on an image with objects."""
+
+    problem: str | None = None
+    counts: np.ndarray | None = None
+    labelled: int = 0
+    pixels: int = 0
+    background_only: bool = False
+
+
+def check_label(task: CheckTask) -> CheckResult:
+    """Read and check one label map (see `CheckResult`)."""
     try:
         label = read_label(task.path)
     except PipsegError as e:
-        return str(e), None
+        return CheckResult(str(e))
     w, h = task.width, task.height
     if label.shape != (h, w):
-        return f"{task.path}: label is {label.shape[1]}x{label.shape[0]}, image is {w}x{h}", None
+        return CheckResult(f"{task.path}: label is {label.shape[1]}x{label.shape[0]}, image is {w}x{h}")
     values = np.unique(label)
     bad = values[(values >= task.num_classes) & (values != IGNORE_INDEX)]
     if len(bad):
-        return (
+        return CheckResult(
             f"{task.path}: values {bad[:5].tolist()} are not class ids "
             f"(0..{task.num_classes - 1}) or 255; is it an RGB map saved as indices?"
-        ), None
-    if task.binary_check and set(values.tolist()) <= {0, IGNORE_INDEX} and IGNORE_INDEX in values:
-        return f"{task.path}: holds only 0 and 255, a binary mask, not class ids", None
-    return None, _score(label, task)
+        )
+    only = task.background_only is not None and set(values.tolist()) <= {0, IGNORE_INDEX}
+    if only and task.background_only == "error" and IGNORE_INDEX in values:
+        return CheckResult(f"{task.path}: holds only 0 and 255, a binary mask, not class ids")
+    labelled = int((label != IGNORE_INDEX).sum())
+    return CheckResult(None, _score(label, task), labelled, label.size, only)
 
 
 def _score(label: np.ndarray, task: CheckTask) -> np.ndarray | None:
+    """Confusion counts against the ground truth on the pixels ``label`` labels (not 255)."""
     if task.gt is None:
         return None
     try:
@@ -162,5 +202,4 @@ def _score(label: np.ndarray, task: CheckTask) -> np.ndarray | None:
     c = task.num_classes
     if gt.shape != label.shape or int(gt[gt != IGNORE_INDEX].max(initial=0)) >= c:
         return None  # the ground-truth check reports it
-    pred = np.where(label == IGNORE_INDEX, 0, label)  # scored like `pipseg eval`: ignore -> bg
-    return confusion_counts(pred, gt, c, IGNORE_INDEX)
+    return confusion_counts(label, np.where(label == IGNORE_INDEX, IGNORE_INDEX, gt), c, IGNORE_INDEX)
