@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -98,8 +99,10 @@ def _forward_padded(
     pad_size: int,
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    crop: bool = True,
 ) -> list[torch.Tensor]:
-    """The recipe on images that share one padded size: one forward pass for all of them."""
+    """The recipe on images that share one padded size: one forward pass for all of them
+    (``crop=False``: the probabilities of the whole padded canvas)."""
     out_h, out_w = padded_size(*images[0].shape[-2:], pad_size)
     batch = []
     for img in images:
@@ -112,6 +115,8 @@ def _forward_padded(
         logits = model(torch.cat(batch))
     logits = F.interpolate(logits.float(), size=(out_h, out_w), mode="bilinear", align_corners=True)
     probs = logits.softmax(dim=1)
+    if not crop:
+        return list(probs)
     return [p[:, : img.shape[-2], : img.shape[-1]] for p, img in zip(probs, images, strict=True)]
 
 
@@ -152,6 +157,7 @@ def predict_probs_batch(
     device: torch.device | str | None = None,
     tta: bool = False,
     amp_dtype: torch.dtype | None = None,
+    crop: bool = True,
 ) -> list[torch.Tensor]:
     """Class probabilities ``[C, H_i, W_i]`` float32 (on ``device``) for several images.
 
@@ -159,6 +165,7 @@ def predict_probs_batch(
     ``[B, 3, H, W]``) that share one `padded_size` (e.g. all at most ``pad_size``); they go through
     the network as one batch. ``device`` defaults to the model's; the model must already be there.
     With ``tta`` each image is run on its own at scales 0.75/1/1.25, with and without flip.
+    ``crop=False`` returns the whole padded canvas ``[C, *padded_size]`` (not with ``tta``).
     """
     net = unwrap_model(model)
     device = torch.device(device) if device is not None else model_device(net)
@@ -171,8 +178,10 @@ def predict_probs_batch(
     try:
         with torch.inference_mode():
             if tta:
+                if not crop:
+                    raise PipsegError("test-time augmentation has no padded canvas; drop --tta or use eval.crf_canvas=image")
                 return [_predict_tta(net, t, convention, pad_size, device, amp_dtype) for t in tensors]
-            return _forward_padded(net, tensors, convention, pad_size, device, amp_dtype)
+            return _forward_padded(net, tensors, convention, pad_size, device, amp_dtype, crop)
     finally:
         net.train(was_training)
 
@@ -266,12 +275,8 @@ def predict_probs_large(
     """Probabilities ``[C, h, w]`` on the CPU and the image they belong to (``h, w`` after the
     ``max_side`` downscale; the caller scales the label map back to the input's size with
     `upscale_label`). ``tile`` switches on the sliding window; without either it is `predict_probs`."""
-    height, width = image_rgb.shape[:2]
-    size = fit_max_side(height, width, max_side)
-    work = image_rgb
-    if size != (height, width):
-        work = cv2.resize(image_rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    if tile is not None and max(size) > tile:
+    work = _downscaled(image_rgb, max_side)
+    if tile is not None and max(work.shape[:2]) > tile:
         if tta:
             raise PipsegError("--tta and --tile together are not supported; choose one")
         probs = predict_probs_tiled(model, work, tile=tile, overlap=overlap, pad_size=max(pad_size, tile),
@@ -286,3 +291,66 @@ def upscale_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if label.shape == tuple(size):
         return label
     return cv2.resize(label, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image through the test recipe: the probabilities ``[C, h, w]`` of ``image`` (the input,
+    or its ``max_side`` downscale), the input's ``size`` ``(H, W)``, and with ``canvas`` the
+    probabilities of the whole padded canvas ``[C, Hp, Wp]`` (for DenseCRF on the canvas)."""
+
+    probs: torch.Tensor
+    image: np.ndarray
+    size: tuple[int, int]
+    canvas: torch.Tensor | None = None
+
+    def label(self) -> np.ndarray:
+        """Class indices ``[H, W]`` uint8 at the input's size."""
+        return upscale_label(self.probs.argmax(0).to(torch.uint8).cpu().numpy(), self.size)
+
+    def refined(self, crf: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+        """Class indices ``[H, W]`` uint8 after ``crf(image, probs)``: on the padded canvas when the
+        prediction holds one (`pipseg.crf.refine_on_canvas`), else on the image."""
+        from pipseg.crf import refine_on_canvas
+
+        if self.canvas is not None:
+            label = refine_on_canvas(crf, self.image, self.canvas.float().cpu().numpy())
+        else:
+            label = crf(self.image, self.probs.float().cpu().numpy())
+        return upscale_label(np.asarray(label, dtype=np.uint8), self.size)
+
+
+def predict_image(
+    model: nn.Module,
+    image_rgb: np.ndarray,
+    *,
+    pad_size: int = 513,
+    device: torch.device | str | None = None,
+    tta: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    max_side: int | None = None,
+    tile: int | None = None,
+    overlap: int = 128,
+    canvas: bool = False,
+) -> Prediction:
+    """One uint8 RGB ``[H, W, 3]`` image through the test recipe, with the large-image options
+    (`predict_probs_large`); ``canvas`` keeps the padded canvas (not with a sliding window)."""
+    size = image_rgb.shape[:2]
+    if canvas:
+        if tile is not None:
+            raise PipsegError("eval.crf_canvas=padded needs the whole image in one canvas; drop --tile")
+        work = _downscaled(image_rgb, max_side)
+        full = predict_probs_batch(model, [work], pad_size=pad_size, device=device, tta=tta,
+                                   amp_dtype=amp_dtype, crop=False)[0]  # fmt: skip
+        return Prediction(full[:, : work.shape[0], : work.shape[1]], work, size, full)
+    probs, work = predict_probs_large(model, image_rgb, max_side=max_side, tile=tile, overlap=overlap,
+                                      pad_size=pad_size, device=device, amp_dtype=amp_dtype, tta=tta)  # fmt: skip
+    return Prediction(probs, work, size)
+
+
+def _downscaled(image_rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    height, width = image_rgb.shape[:2]
+    size = fit_max_side(height, width, max_side)
+    if size == (height, width):
+        return image_rgb
+    return cv2.resize(image_rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
