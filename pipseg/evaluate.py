@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from pipseg.data.labels import IGNORE_INDEX, read_label
 from pipseg.errors import PipsegError
 from pipseg.inference import (
     Image,
+    LargeImages,
     Prediction,
     model_device,
     padded_size,
@@ -102,7 +102,8 @@ def evaluate_model(
     if large is not None and large.active:
         for sample in triples:
             tally.add(sample, predict_image(net, to_hwc_uint8(sample[0]), pad_size=pad_size, device=device, tta=tta,
-                                            amp_dtype=amp_dtype, canvas=canvas, **large.kwargs()))  # fmt: skip
+                                            amp_dtype=amp_dtype, canvas=canvas, need_probs=crf is not None,
+                                            **large.kwargs()))  # fmt: skip
     else:
         predict = partial(predict_probs_batch, net, pad_size=pad_size, device=device, tta=tta,
                           amp_dtype=amp_dtype, crop=not canvas)  # fmt: skip
@@ -110,25 +111,6 @@ def evaluate_model(
             for sample, prob in zip(batch, predict([image for image, _, _ in batch]), strict=True):
                 tally.add(sample, _prediction(sample[0], prob, canvas, need_image=crf is not None or on_image is not None))
     return tally.result(distributed=world > 1)
-
-
-@dataclass(frozen=True)
-class LargeImages:
-    """Large-image options of the test recipe (`pipseg.inference.predict_probs_large`):
-    downscale to ``max_side``, and / or a sliding window of ``tile`` pixels with ``overlap``."""
-
-    max_side: int | None = None
-    tile: int | None = None
-    overlap: int = 128
-
-    @property
-    def active(self) -> bool:
-        """Whether images go through the large-image path at all."""
-        return self.max_side is not None or self.tile is not None
-
-    def kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `pipseg.inference.predict_image`."""
-        return {"max_side": self.max_side, "tile": self.tile, "overlap": self.overlap}
 
 
 def _prediction(image: Image, prob: torch.Tensor, canvas: bool, need_image: bool) -> Prediction:
@@ -172,7 +154,7 @@ class _Tally:
                 f"{sample_id}: label size {tuple(target.shape)} != image size "
                 f"{tuple(pred.size)}; labels must match their images"
             )
-        if tuple(pred.probs.shape[-2:]) == tuple(pred.size):
+        if pred.probs is not None and tuple(pred.probs.shape[-2:]) == tuple(pred.size):
             plain = pred.probs.argmax(0)  # on the device: no round trip
         else:
             plain = torch.from_numpy(pred.label()).to(self.device)
