@@ -43,3 +43,25 @@ def test_no_runs_is_an_error(tmp_path):
         find_runs([tmp_path])
     with pytest.raises(PipsegError, match="not a folder"):
         find_runs([tmp_path / "missing"])
+
+
+def test_cli_runs_table_and_curves(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipseg.cli import app
+
+    _fake_run(tmp_path / "a", "crf", "pip", [(20, 0.4), (40, 0.35)], True, 3725.0)
+    _fake_run(tmp_path / "b", "box", "ce", [(20, 0.3)], False)
+    result = CliRunner().invoke(app, ["runs", str(tmp_path), "--curves", str(tmp_path / "c.png")],
+                                env={"COLUMNS": "200"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cells = [line.replace("│", " ").split() for line in result.output.splitlines()]
+    rows = {c[0]: c for c in cells if c[:1] in (["a"], ["b"])}
+    assert rows["a"][1:8] == ["crf", "pip", "0.2", "40/40", "40.00", "35.00", "1h02m"]
+    assert rows["b"][1:4] == ["box", "ce", "-"] and "(unfinished)" in " ".join(rows["b"])
+    import cv2
+
+    picture = cv2.imread(str(tmp_path / "c.png"))
+    assert picture is not None and picture.shape[1] == 800  # 8 inches at 100 dpi
+    missing = CliRunner().invoke(app, ["runs", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "not a folder" in missing.output
