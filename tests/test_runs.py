@@ -55,10 +55,18 @@ def test_cli_runs_table_and_curves(tmp_path):
     result = CliRunner().invoke(app, ["runs", str(tmp_path), "--curves", str(tmp_path / "c.png")],
                                 env={"COLUMNS": "200"})  # fmt: skip
     assert result.exit_code == 0, result.output
-    cells = [line.replace("│", " ").split() for line in result.output.splitlines()]
+    assert "crf" in result.output and "val curves written" in result.output
+    from rich.console import Console
+
+    from pipseg.cli.runs_cmd import runs_table
+
+    runs = [read_run(p) for p in find_runs([tmp_path])]
+    wide = Console(width=200, record=True)
+    wide.print(runs_table(runs, short_names(runs)))
+    cells = [line.replace("│", " ").split() for line in wide.export_text().splitlines()]
     rows = {c[0]: c for c in cells if c[:1] in (["a"], ["b"])}
     assert rows["a"][1:8] == ["crf", "pip", "0.2", "40/40", "40.00", "35.00", "1h02m"]
-    assert rows["b"][1:4] == ["box", "ce", "-"] and "(unfinished)" in " ".join(rows["b"])
+    assert rows["b"][1:6] == ["box", "ce", "-", "40/40", "(unfinished)"]
     import cv2
 
     picture = cv2.imread(str(tmp_path / "c.png"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,6 +22,12 @@ def runs(
         rows = [read_run(path) for path in find_runs(folders)]
         names = short_names(rows)
         plot_val_curves(rows, curves, names)
+    console.print(runs_table(rows, names))
+    console.print(f"val curves written to {curves}", highlight=False, soft_wrap=True)
+
+
+def runs_table(rows: list[Any], names: list[str]) -> Table:
+    """One line per run (`pipseg.runs.RunRow`)."""
     table = Table(show_edge=False)
     for title in ("run", "labels", "loss", "lambda", "iterations", "best val mIoU", "last val mIoU", "wall time"):
         table.add_column(title, justify="left" if title in ("run", "labels", "loss") else "right")
@@ -32,8 +38,7 @@ def runs(
             iters + ("" if row.finished else " (unfinished)"), _pct(row.best_miou), _pct(row.last_miou),
             _duration(row.wall_time_s),
         )  # fmt: skip
-    console.print(table)
-    console.print(f"val curves written to {curves}", highlight=False, soft_wrap=True)
+    return table
 
 
 def _pct(value: float | None) -> str:
