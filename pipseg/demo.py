@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 
+from pipseg import visualize as viz
 from pipseg.config import Config, load_config
 from pipseg.data.dataset import SegDataset
-from pipseg.data.labels import colorize, write_label
+from pipseg.data.labels import write_label
 from pipseg.data.prepare import prepare_dataset
 from pipseg.data.pseudo import make_pseudo
 from pipseg.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc
@@ -28,9 +27,8 @@ from pipseg.engine.trainer import train
 from pipseg.errors import PipsegError
 from pipseg.evaluate import evaluate_checkpoint
 from pipseg.inference import predict_probs
-from pipseg.io import atomic_write
 from pipseg.models import model_from_checkpoint
-from pipseg.predict import overlay_image
+from pipseg.predict import output_paths, overlay_image
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 StageFn = Callable[[str], None]
@@ -52,6 +50,7 @@ class DemoResult:
     predictions_dir: Path
     contact_sheet: Path
     trained_now: bool
+    predictions: int = 0  # val predictions written (every val image)
     notes: list[str] = field(default_factory=list)
 
 
@@ -64,49 +63,33 @@ def demo_config(workdir: Path, config: Path | None, overrides: list[str] | None)
     return load_config(path, moved + list(overrides or []))
 
 
-def _labelled(image: np.ndarray, title: str) -> np.ndarray:
-    bar = np.full((18, image.shape[1], 3), 255, np.uint8)
-    cv2.putText(bar, title, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([bar, image], axis=0)
-
-
-def contact_sheet(rows: list[list[np.ndarray]], titles: list[str], gap: int = 4) -> np.ndarray:
-    """Tile RGB panels: one row per image, one titled column per view, white gaps between."""
-    tiles = []
-    for row in rows:
-        cells = [_labelled(cell, title) for cell, title in zip(row, titles, strict=True)]
-        spacer = np.full((cells[0].shape[0], gap, 3), 255, np.uint8)
-        tiles.append(np.concatenate([c for cell in cells for c in (cell, spacer)][:-1], axis=1))
-    spacer = np.full((gap, tiles[0].shape[1], 3), 255, np.uint8)
-    return np.concatenate([t for tile in tiles for t in (tile, spacer)][:-1], axis=0)
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise PipsegError(f"{path}: could not encode PNG")
-    atomic_write(path, lambda tmp: tmp.write_bytes(data.tobytes()))
-
-
 def show_predictions(
     cfg: Config, checkpoint: Path, pred_dir: Path, sheet: Path, *, n_show: int, device: torch.device
-) -> None:
-    """Predict the first ``n_show`` val images into ``pred_dir`` (label PNG and overlay each) and
-    draw them beside their ground truth and pseudo labels on the contact sheet ``sheet``."""
+) -> int:
+    """Predict every val image into ``pred_dir`` (``<id>.png`` and ``<id>.overlay.png``, as
+    `pipseg predict --overlay` names them) and draw the first ``n_show`` beside their ground truth
+    and pseudo labels on the contact sheet ``sheet``, with a class legend. Returns how many
+    predictions were written."""
     source = cfg.data.label_source
     model, meta = model_from_checkpoint(checkpoint, device=device)
     val = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False)
-    rows = []
-    for index in range(min(n_show, len(val))):
+    rows, shown = [], []
+    for index in range(len(val)):
         image, gt, boxes = val.load(index)
-        image_id = val.ids[index]
+        paths = output_paths(pred_dir, val.ids[index])
         probs = predict_probs(model, image, pad_size=cfg.eval.pad_size, device=device)
         pred = probs.argmax(0).to(torch.uint8).cpu().numpy()
-        pseudo = make_pseudo(source, image, boxes, cfg.crf)
-        write_label(pred_dir / f"{image_id}.png", pred)
-        _write_png(pred_dir / f"{image_id}_overlay.png", overlay_image(image, pred, meta["classes"]))
-        rows.append([image, colorize(gt), colorize(pseudo), colorize(pred)])
-    _write_png(sheet, contact_sheet(rows, ["image", "ground truth", f"pseudo ({source})", "prediction"]))
+        write_label(paths["label"], pred)
+        viz.write_picture(paths["overlay"], overlay_image(image, pred, meta["classes"]))
+        if index < n_show:
+            pseudo = make_pseudo(source, image, boxes, cfg.crf)
+            rows.append([image, viz.label_picture(gt), viz.label_picture(pseudo), viz.label_picture(pred)])
+            shown += [gt, pseudo, pred]
+    titles = ["image", "ground truth", f"pseudo ({source})", "prediction"]
+    legend = viz.legend_rows(shown, meta["classes"]) if shown else []
+    if rows:
+        viz.write_picture(sheet, viz.contact_sheet(rows, titles, legend, ignore_row=True))
+    return len(val)
 
 
 def run_demo(
@@ -152,11 +135,11 @@ def run_demo(
 
     stage("writing predictions and the contact sheet")
     pred_dir, sheet = workdir / "predictions", workdir / "contact_sheet.png"
-    show_predictions(cfg, checkpoint, pred_dir, sheet, n_show=n_show, device=device)
+    written = show_predictions(cfg, checkpoint, pred_dir, sheet, n_show=n_show, device=device)
 
     return DemoResult(
         workdir=workdir, data_root=data_root, run_dir=run_dir, checkpoint=checkpoint,
         pseudo_source=source, pseudo_miou=pseudo_miou, model_miou=metrics["miou"],
         model_metrics=metrics, crf_miou=metrics["crf"]["miou"] if "crf" in metrics else None,
-        predictions_dir=pred_dir, contact_sheet=sheet, trained_now=trained_now,
+        predictions_dir=pred_dir, contact_sheet=sheet, trained_now=trained_now, predictions=written,
     )  # fmt: skip

@@ -28,8 +28,11 @@ from pipseg.data.labels import IGNORE_INDEX, read_label
 from pipseg.errors import PipsegError
 from pipseg.inference import (
     Image,
+    LargeImages,
+    Prediction,
     model_device,
     padded_size,
+    predict_image,
     predict_probs_batch,
     to_chw_tensor,
     to_hwc_uint8,
@@ -38,12 +41,14 @@ from pipseg.inference import (
 from pipseg.metrics import ConfusionMatrix, confusion_counts, scores_from_matrix
 from pipseg.models import model_from_checkpoint
 from pipseg.models.convention import mean_rgb255
+from pipseg.models.weights import generic_class_names
 from pipseg.parallel import default_workers, run_tasks
 
 CHUNK = 32  # pairs per task: amortises inter-process traffic, keeps progress updates flowing
 
 Sample = tuple[Image, Any, str]  # image, label [H, W] (255 ignored), id
 CRF = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (image HWC uint8, probs CHW float32) -> labels
+OnImage = Callable[[str, np.ndarray, np.ndarray, np.ndarray], None]  # (id, image, target, label)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,19 +68,27 @@ def evaluate_model(
     tta: bool = False,
     amp_dtype: torch.dtype | None = None,
     shard: bool = True,
+    large: LargeImages | None = None,
+    crf_canvas: str = "image",
+    on_image: OnImage | None = None,
 ) -> dict[str, Any]:
-    """Score a model on labelled images with the test recipe; returns `ConfusionMatrix.compute()`.
+    """Score a model on labelled images with the test recipe; returns `ConfusionMatrix.compute()`
+    and the matrix itself under ``confusion`` (rows = ground truth, a list of lists).
 
     ``samples``: ``(image, label, id)`` tuples or `SegDataset(train=False)` dicts (``image`` uint8
     RGB numpy ``[H, W, 3]`` or tensor ``[3, H, W]``, ``label`` ``[H, W]`` with 255 ignored).
     ``crf(image_hwc_uint8, probs_chw_float32) -> labels`` (e.g. `pipseg.crf.DenseCRF`) adds a
     ``"crf"`` sub-dict with the same figures after CRF; the top level is always without CRF.
-    ``progress(done, total)`` is called after each image (total is None for plain iterables).
-    Consecutive images with the same padded size run as one batch of up to ``batch_size``.
-    Under torch.distributed each rank scores every world-size-th sample (pass ``shard=False`` when
-    ``samples`` is already split per rank, e.g. a loader with a DistributedSampler) and the
-    matrices are summed, so every rank returns the full result. Batches from a loader with
-    `collate_list` (lists of dicts) are accepted too. The model's train/eval mode is restored.
+    ``crf_canvas="padded"`` runs it on the padded canvas, then crops (`pipseg.crf.refine_on_canvas`).
+    ``large`` (`LargeImages`) predicts each image on its own, downscaled and / or tiled.
+    ``on_image(id, image, target, label)`` hears each image with its final label map (after CRF
+    when ``crf``), numpy on the CPU. ``progress(done, total)`` is called after each image (total
+    is None for plain iterables). Consecutive images with the same padded size run as one batch
+    of up to ``batch_size``. Under torch.distributed each rank scores every world-size-th sample
+    (pass ``shard=False`` when ``samples`` is already split per rank, e.g. a loader with a
+    DistributedSampler) and the matrices are summed, so every rank returns the full result.
+    Batches from a loader with `collate_list` (lists of dicts) are accepted too. The model's
+    train/eval mode is restored.
     """
     net = unwrap_model(model)
     device = torch.device(device) if device is not None else model_device(net)
@@ -83,12 +96,30 @@ def evaluate_model(
     shard_rank, shards = (rank, world) if shard else (0, 1)
     total = len(samples) if hasattr(samples, "__len__") else None  # type: ignore[arg-type]
     tally = _Tally(num_classes, device, crf, progress,
-                   len(range(shard_rank, total, shards)) if total is not None else None)  # fmt: skip
-    predict = partial(predict_probs_batch, net, pad_size=pad_size, device=device, tta=tta, amp_dtype=amp_dtype)
+                   len(range(shard_rank, total, shards)) if total is not None else None, on_image)  # fmt: skip
+    canvas = crf is not None and crf_canvas == "padded"
     triples = _triples(_shard(samples, shard_rank, shards), tally)
-    for batch in _same_size_batches(triples, pad_size, batch_size):
-        tally.add(batch, predict([image for image, _, _ in batch]))
+    if large is not None and large.active:
+        for sample in triples:
+            tally.add(sample, predict_image(net, to_hwc_uint8(sample[0]), pad_size=pad_size, device=device, tta=tta,
+                                            amp_dtype=amp_dtype, canvas=canvas, need_probs=crf is not None,
+                                            **large.kwargs()))  # fmt: skip
+    else:
+        predict = partial(predict_probs_batch, net, pad_size=pad_size, device=device, tta=tta,
+                          amp_dtype=amp_dtype, crop=not canvas)  # fmt: skip
+        for batch in _same_size_batches(triples, pad_size, batch_size):
+            for sample, prob in zip(batch, predict([image for image, _, _ in batch]), strict=True):
+                tally.add(sample, _prediction(sample[0], prob, canvas, need_image=crf is not None or on_image is not None))
     return tally.result(distributed=world > 1)
+
+
+def _prediction(image: Image, prob: torch.Tensor, canvas: bool, need_image: bool) -> Prediction:
+    """A batch member as a `Prediction` (the canvas kept when ``canvas``)."""
+    h, w = to_chw_tensor(image).shape[-2:]
+    hwc = to_hwc_uint8(image) if need_image else np.empty((0, 0, 3), np.uint8)
+    if canvas:
+        return Prediction(prob[:, :h, :w], hwc, (h, w), prob)
+    return Prediction(prob, hwc, (h, w))
 
 
 class _Tally:
@@ -101,43 +132,52 @@ class _Tally:
         crf: CRF | None,
         progress: Callable[[int, int | None], None] | None,
         total: int | None,
+        on_image: OnImage | None = None,
     ) -> None:
         self.plain = ConfusionMatrix(num_classes)
         self.refined = ConfusionMatrix(num_classes) if crf is not None else None
         for cm in self.matrices():  # on the device even for an empty shard: NCCL reduces CUDA tensors only
             cm.matrix = cm.matrix.to(device)
-        self.device, self.crf, self.progress = device, crf, progress
+        self.device, self.crf, self.progress, self.on_image = device, crf, progress, on_image
         self.total: int | None = total
         self.done = 0
 
     def matrices(self) -> list[ConfusionMatrix]:
         return [self.plain] + ([self.refined] if self.refined is not None else [])
 
-    def add(self, batch: list[Sample], probs: list[torch.Tensor]) -> None:
-        """Count one batch's predictions (and their CRF refinements) against its labels."""
-        for (image, label, sample_id), prob in zip(batch, probs, strict=True):
-            target = _label_tensor(label, self.device)
-            if target.shape != prob.shape[-2:]:
-                raise PipsegError(
-                    f"{sample_id}: label size {tuple(target.shape)} != image size "
-                    f"{tuple(prob.shape[-2:])}; labels must match their images"
-                )
-            self.plain.update(prob.argmax(0), target)
-            if self.refined is not None:
-                refined = self.crf(to_hwc_uint8(image), prob.cpu().numpy())  # type: ignore[misc]
-                self.refined.update(torch.from_numpy(np.asarray(refined)).to(self.device), target)
-            self.done += 1
-            if self.progress is not None:
-                self.progress(self.done, self.total)
+    def add(self, sample: Sample, pred: Prediction) -> None:
+        """Count one image's prediction (and its CRF refinement) against its label."""
+        image, label, sample_id = sample
+        target = _label_tensor(label, self.device)
+        if tuple(target.shape) != tuple(pred.size):
+            raise PipsegError(
+                f"{sample_id}: label size {tuple(target.shape)} != image size "
+                f"{tuple(pred.size)}; labels must match their images"
+            )
+        if pred.probs is not None and tuple(pred.probs.shape[-2:]) == tuple(pred.size):
+            plain = pred.probs.argmax(0)  # on the device: no round trip
+        else:
+            plain = torch.from_numpy(pred.label()).to(self.device)
+        self.plain.update(plain, target)
+        final = plain
+        if self.refined is not None:
+            final = torch.from_numpy(pred.refined(self.crf)).to(self.device)  # type: ignore[arg-type]
+            self.refined.update(final, target)
+        if self.on_image is not None:
+            self.on_image(sample_id, to_hwc_uint8(image), target.cpu().numpy().astype(np.uint8),
+                          final.to(torch.uint8).cpu().numpy())  # fmt: skip
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
 
     def result(self, distributed: bool) -> dict[str, Any]:
         """The scores, summed over all ranks when ``distributed``."""
         if distributed:
             for cm in self.matrices():
                 cm.reduce_from_all_processes()
-        result = dict(self.plain.compute())
+        result = dict(self.plain.compute(), confusion=self.plain.matrix.cpu().tolist())
         if self.refined is not None:
-            result["crf"] = dict(self.refined.compute())
+            result["crf"] = dict(self.refined.compute(), confusion=self.refined.matrix.cpu().tolist())
         return result
 
 
@@ -203,27 +243,45 @@ def evaluate_checkpoint(
     device: torch.device | str = "cpu",
     progress: Callable[[int, int | None], None] | None = None,
     source: str = "<config>",
+    large: LargeImages | None = None,
+    names: Sequence[str] | None = None,
+    show: Callable[[list[str]], OnImage] | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Predict and score ``cfg.data.val_split`` against ground truth with a checkpoint.
 
-    Returns the scores (`ConfusionMatrix.compute()` + ``num_images``; with ``crf`` a ``"crf"``
-    sub-dict holds the same figures after DenseCRF) and the class names.
+    Returns the scores (`ConfusionMatrix.compute()` + ``confusion`` + ``num_images``; with ``crf``
+    a ``"crf"`` sub-dict holds the same figures after DenseCRF, run where ``cfg.eval.crf_canvas``
+    says) and the class names: ``names`` (``--classes``), else the checkpoint's, else the prepared
+    dataset's. ``show(names)`` gives the ``on_image`` callback of `evaluate_model` once the names
+    are known (e.g. `pipseg.report.ShowWriter.bind`).
     """
     model, meta = model_from_checkpoint(checkpoint, device)
-    if meta["num_classes"] != len(cfg.data.classes):
-        raise PipsegError(
-            f"{checkpoint}: the model has {meta['num_classes']} classes but data.classes in {source} "
-            f"lists {len(cfg.data.classes)}; use the config the checkpoint was trained with"
-        )
     dataset = SegDataset(cfg.data, cfg.data.val_split, "gt", train=False,
                          pad_rgb=mean_rgb255(model.input_convention))  # fmt: skip
+    if meta["num_classes"] != len(dataset.classes):
+        raise PipsegError(
+            f"{checkpoint}: the model has {meta['num_classes']} classes but data.classes in {source} "
+            f"lists {len(dataset.classes)}; use the config the checkpoint was trained with"
+        )
+    names = _checkpoint_names(names, meta, dataset.classes)
     results = evaluate_model(
         model, dataset, num_classes=meta["num_classes"], pad_size=cfg.eval.pad_size, device=device,
         crf=DenseCRF.from_config(cfg.crf) if crf else None, progress=progress,
-        batch_size=cfg.eval.batch_size,
+        batch_size=cfg.eval.batch_size, large=large, crf_canvas=cfg.eval.crf_canvas,
+        on_image=show(names) if show is not None else None,
     )  # fmt: skip
     results["num_images"] = len(dataset)
-    return results, list(cfg.data.classes)
+    return results, names
+
+
+def _checkpoint_names(names: Sequence[str] | None, meta: dict[str, Any], prepared: Sequence[str]) -> list[str]:
+    """``names`` when given (their count checked), else the checkpoint's recorded names, else ``prepared``."""
+    if names is not None:
+        if len(names) != meta["num_classes"]:
+            raise PipsegError(f"--classes: lists {len(names)} names but the checkpoint has {meta['num_classes']} classes")
+        return list(names)
+    recorded = meta["classes"] != generic_class_names(meta["num_classes"])
+    return list(meta["classes"] if recorded else prepared)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +386,6 @@ def evaluate_folders(
         pred_dir, gt_dir, ids=ids, num_classes=num_classes, crop_padded=crop_padded,
         workers=workers, progress=progress, on_warning=on_warning,
     )  # fmt: skip
-    result = scores_from_matrix(matrix)
+    result = dict(scores_from_matrix(matrix), confusion=matrix.tolist())
     result["num_images"] = len(ids) if ids is not None else len(gt_ids(Path(gt_dir)))
     return result

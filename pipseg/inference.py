@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -67,6 +69,17 @@ def checkpoint_pad_size(checkpoint: str | os.PathLike[str]) -> int:
     return pad
 
 
+def checkpoint_crf_canvas(checkpoint: str | os.PathLike[str]) -> str:
+    """The ``eval.crf_canvas`` recorded in a pipseg checkpoint's config (``image`` when none)."""
+    obj = load_checkpoint(checkpoint)
+    config = obj.get("config") if obj.get("format") == CHECKPOINT_FORMAT else None
+    eval_section = config.get("eval") if isinstance(config, dict) else None
+    canvas = eval_section.get("crf_canvas", "image") if isinstance(eval_section, dict) else "image"
+    if canvas not in ("image", "padded"):
+        raise PipsegError(f"{checkpoint}: its config's eval.crf_canvas is {canvas!r}, not image or padded; pass --crf-canvas")
+    return canvas
+
+
 def to_chw_tensor(image: Image) -> torch.Tensor:
     """An RGB image as a ``[3, H, W]`` tensor (numpy ``[H, W, 3]`` or tensor ``[3, H, W]``)."""
     if isinstance(image, np.ndarray):
@@ -98,8 +111,10 @@ def _forward_padded(
     pad_size: int,
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    crop: bool = True,
 ) -> list[torch.Tensor]:
-    """The recipe on images that share one padded size: one forward pass for all of them."""
+    """The recipe on images that share one padded size: one forward pass for all of them
+    (``crop=False``: the probabilities of the whole padded canvas)."""
     out_h, out_w = padded_size(*images[0].shape[-2:], pad_size)
     batch = []
     for img in images:
@@ -112,6 +127,8 @@ def _forward_padded(
         logits = model(torch.cat(batch))
     logits = F.interpolate(logits.float(), size=(out_h, out_w), mode="bilinear", align_corners=True)
     probs = logits.softmax(dim=1)
+    if not crop:
+        return list(probs)
     return [p[:, : img.shape[-2], : img.shape[-1]] for p, img in zip(probs, images, strict=True)]
 
 
@@ -152,6 +169,7 @@ def predict_probs_batch(
     device: torch.device | str | None = None,
     tta: bool = False,
     amp_dtype: torch.dtype | None = None,
+    crop: bool = True,
 ) -> list[torch.Tensor]:
     """Class probabilities ``[C, H_i, W_i]`` float32 (on ``device``) for several images.
 
@@ -159,6 +177,7 @@ def predict_probs_batch(
     ``[B, 3, H, W]``) that share one `padded_size` (e.g. all at most ``pad_size``); they go through
     the network as one batch. ``device`` defaults to the model's; the model must already be there.
     With ``tta`` each image is run on its own at scales 0.75/1/1.25, with and without flip.
+    ``crop=False`` returns the whole padded canvas ``[C, *padded_size]`` (not with ``tta``).
     """
     net = unwrap_model(model)
     device = torch.device(device) if device is not None else model_device(net)
@@ -171,8 +190,10 @@ def predict_probs_batch(
     try:
         with torch.inference_mode():
             if tta:
+                if not crop:
+                    raise PipsegError("test-time augmentation has no padded canvas; drop --tta or use eval.crf_canvas=image")
                 return [_predict_tta(net, t, convention, pad_size, device, amp_dtype) for t in tensors]
-            return _forward_padded(net, tensors, convention, pad_size, device, amp_dtype)
+            return _forward_padded(net, tensors, convention, pad_size, device, amp_dtype, crop)
     finally:
         net.train(was_training)
 
@@ -217,6 +238,39 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts + [length - tile]
 
 
+def _window_rows(
+    model: nn.Module,
+    image_rgb: np.ndarray,
+    tile: int,
+    overlap: int,
+    pad_size: int,
+    device: torch.device | str | None,
+    amp_dtype: torch.dtype | None,
+    batch_size: int,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """For each row of ``tile`` windows, top to bottom: its first image row ``y``, the sum of its
+    windows' probabilities ``[C, h, W]`` and how many windows cover each pixel ``[h, W]`` (CPU)."""
+    if overlap >= tile:
+        raise PipsegError(f"--overlap {overlap}: must be smaller than the tile size {tile}")
+    height, width = image_rgb.shape[:2]
+    xs = tile_starts(width, tile, overlap)
+    for y in tile_starts(height, tile, overlap):
+        h = min(tile, height)
+        total: torch.Tensor | None = None
+        count = torch.zeros(h, width)
+        for i in range(0, len(xs), batch_size):
+            chunk = xs[i : i + batch_size]
+            crops = [np.ascontiguousarray(image_rgb[y : y + h, x : x + tile]) for x in chunk]
+            probs = predict_probs_batch(model, crops, pad_size=pad_size, device=device, amp_dtype=amp_dtype)
+            for x, prob in zip(chunk, probs, strict=True):
+                total = torch.zeros(prob.shape[0], h, width) if total is None else total
+                w = prob.shape[-1]
+                total[:, :, x : x + w] += prob.cpu()
+                count[:, x : x + w] += 1
+        assert total is not None
+        yield y, total, count
+
+
 def predict_probs_tiled(
     model: nn.Module,
     image_rgb: np.ndarray,
@@ -230,25 +284,50 @@ def predict_probs_tiled(
 ) -> torch.Tensor:
     """Class probabilities ``[C, H, W]`` float32 on the CPU from overlapping ``tile`` windows,
     averaged where they overlap. Memory: ``4 * (C + 1) * H * W`` bytes for the sums plus one
-    batch of windows through the network, whatever the image size."""
-    if overlap >= tile:
-        raise PipsegError(f"--overlap {overlap}: must be smaller than the tile size {tile}")
+    batch of windows through the network (`predict_label_tiled` needs far less)."""
     height, width = image_rgb.shape[:2]
-    windows = [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
     total: torch.Tensor | None = None
     count = torch.zeros(height, width)
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        crops = [np.ascontiguousarray(image_rgb[y : y + tile, x : x + tile]) for y, x in chunk]
-        probs = predict_probs_batch(model, crops, pad_size=pad_size, device=device, amp_dtype=amp_dtype)
-        for (y, x), prob in zip(chunk, probs, strict=True):
-            if total is None:
-                total = torch.zeros(prob.shape[0], height, width)
-            h, w = prob.shape[-2:]
-            total[:, y : y + h, x : x + w] += prob.cpu()
-            count[y : y + h, x : x + w] += 1
+    for y, row_total, row_count in _window_rows(model, image_rgb, tile, overlap, pad_size, device, amp_dtype, batch_size):
+        total = torch.zeros(row_total.shape[0], height, width) if total is None else total
+        total[:, y : y + row_total.shape[1]] += row_total
+        count[y : y + row_count.shape[0]] += row_count
     assert total is not None
     return total.div_(count)
+
+
+def predict_label_tiled(
+    model: nn.Module,
+    image_rgb: np.ndarray,
+    *,
+    tile: int = 513,
+    overlap: int = 128,
+    pad_size: int = 513,
+    device: torch.device | str | None = None,
+    amp_dtype: torch.dtype | None = None,
+    batch_size: int = 4,
+) -> np.ndarray:
+    """The arg-max ``[H, W]`` uint8 of `predict_probs_tiled`, computed band by band: rows no later
+    window touches are decided and dropped, so the sums held are at most two window rows tall
+    (``4 * (C + 1) * 2 * tile * W`` bytes) instead of the whole image."""
+    height, width = image_rgb.shape[:2]
+    label = np.empty((height, width), np.uint8)
+    starts = tile_starts(height, tile, overlap) + [height]
+    top, total, count = 0, None, torch.zeros(0, width)
+    rows = _window_rows(model, image_rgb, tile, overlap, pad_size, device, amp_dtype, batch_size)
+    for i, (y, row_total, row_count) in enumerate(rows):
+        bottom = y + row_count.shape[0]
+        grow = bottom - top - count.shape[0]
+        total = row_total.new_zeros(row_total.shape[0], 0, width) if total is None else total
+        if grow > 0:
+            total = torch.cat([total, row_total.new_zeros(total.shape[0], grow, width)], dim=1)
+            count = torch.cat([count, count.new_zeros(grow, width)])
+        total[:, y - top :] += row_total
+        count[y - top :] += row_count
+        done = starts[i + 1] - top  # rows above the next window row are final
+        label[top : top + done] = total[:, :done].argmax(0).to(torch.uint8).numpy()
+        total, count, top = total[:, done:], count[done:], top + done
+    return label
 
 
 def predict_probs_large(
@@ -266,12 +345,8 @@ def predict_probs_large(
     """Probabilities ``[C, h, w]`` on the CPU and the image they belong to (``h, w`` after the
     ``max_side`` downscale; the caller scales the label map back to the input's size with
     `upscale_label`). ``tile`` switches on the sliding window; without either it is `predict_probs`."""
-    height, width = image_rgb.shape[:2]
-    size = fit_max_side(height, width, max_side)
-    work = image_rgb
-    if size != (height, width):
-        work = cv2.resize(image_rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)
-    if tile is not None and max(size) > tile:
+    work = _downscaled(image_rgb, max_side)
+    if tile is not None and max(work.shape[:2]) > tile:
         if tta:
             raise PipsegError("--tta and --tile together are not supported; choose one")
         probs = predict_probs_tiled(model, work, tile=tile, overlap=overlap, pad_size=max(pad_size, tile),
@@ -286,3 +361,99 @@ def upscale_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if label.shape == tuple(size):
         return label
     return cv2.resize(label, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+
+@dataclass(frozen=True)
+class LargeImages:
+    """Large-image options of the test recipe (`predict_probs_large`):
+    downscale to ``max_side``, and / or a sliding window of ``tile`` pixels with ``overlap``."""
+
+    max_side: int | None = None
+    tile: int | None = None
+    overlap: int = 128
+
+    @property
+    def active(self) -> bool:
+        """Whether images go through the large-image path at all."""
+        return self.max_side is not None or self.tile is not None
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `predict_image`."""
+        return {"max_side": self.max_side, "tile": self.tile, "overlap": self.overlap}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image through the test recipe: the probabilities ``[C, h, w]`` of ``image`` (the input,
+    or its ``max_side`` downscale), the input's ``size`` ``(H, W)``, and with ``canvas`` the
+    probabilities of the whole padded canvas ``[C, Hp, Wp]`` (for DenseCRF on the canvas).
+    A sliding window that kept no probabilities holds only its ``argmax`` ``[h, w]``."""
+
+    probs: torch.Tensor | None
+    image: np.ndarray
+    size: tuple[int, int]
+    canvas: torch.Tensor | None = None
+    argmax: np.ndarray | None = None
+
+    def label(self) -> np.ndarray:
+        """Class indices ``[H, W]`` uint8 at the input's size."""
+        if self.argmax is not None:
+            return upscale_label(self.argmax, self.size)
+        assert self.probs is not None
+        return upscale_label(self.probs.argmax(0).to(torch.uint8).cpu().numpy(), self.size)
+
+    def refined(self, crf: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+        """Class indices ``[H, W]`` uint8 after ``crf(image, probs)``: on the padded canvas when the
+        prediction holds one (`pipseg.crf.refine_on_canvas`), else on the image."""
+        from pipseg.crf import refine_on_canvas
+
+        assert self.probs is not None, "a prediction without probabilities cannot be refined"
+        if self.canvas is not None:
+            label = refine_on_canvas(crf, self.image, self.canvas.float().cpu().numpy())
+        else:
+            label = crf(self.image, self.probs.float().cpu().numpy())
+        return upscale_label(np.asarray(label, dtype=np.uint8), self.size)
+
+
+def predict_image(
+    model: nn.Module,
+    image_rgb: np.ndarray,
+    *,
+    pad_size: int = 513,
+    device: torch.device | str | None = None,
+    tta: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    max_side: int | None = None,
+    tile: int | None = None,
+    overlap: int = 128,
+    canvas: bool = False,
+    need_probs: bool = True,
+) -> Prediction:
+    """One uint8 RGB ``[H, W, 3]`` image through the test recipe, with the large-image options
+    (`predict_probs_large`); ``canvas`` keeps the padded canvas (not with a sliding window).
+    Without ``need_probs`` a sliding window keeps only its labels (`predict_label_tiled`)."""
+    size = image_rgb.shape[:2]
+    if not need_probs and tile is not None and not canvas and not tta:
+        work = _downscaled(image_rgb, max_side)
+        if max(work.shape[:2]) > tile:
+            labels = predict_label_tiled(model, work, tile=tile, overlap=overlap, pad_size=max(pad_size, tile),
+                                         device=device, amp_dtype=amp_dtype)  # fmt: skip
+            return Prediction(None, work, size, argmax=labels)
+    if canvas:
+        if tile is not None:
+            raise PipsegError("eval.crf_canvas=padded needs the whole image in one canvas; drop --tile")
+        work = _downscaled(image_rgb, max_side)
+        full = predict_probs_batch(model, [work], pad_size=pad_size, device=device, tta=tta,
+                                   amp_dtype=amp_dtype, crop=False)[0]  # fmt: skip
+        return Prediction(full[:, : work.shape[0], : work.shape[1]], work, size, full)
+    probs, work = predict_probs_large(model, image_rgb, max_side=max_side, tile=tile, overlap=overlap,
+                                      pad_size=pad_size, device=device, amp_dtype=amp_dtype, tta=tta)  # fmt: skip
+    return Prediction(probs, work, size)
+
+
+def _downscaled(image_rgb: np.ndarray, max_side: int | None) -> np.ndarray:
+    height, width = image_rgb.shape[:2]
+    size = fit_max_side(height, width, max_side)
+    if size == (height, width):
+        return image_rgb
+    return cv2.resize(image_rgb, (size[1], size[0]), interpolation=cv2.INTER_AREA)

@@ -2,7 +2,9 @@
 
 Outputs for an input whose output name is ``<key>`` (its path relative to the folder given, or
 its stem for files given one by one): ``<out>/<key>.png`` (VOC palette PNG of class indices, the
-input's size), ``<key>.overlay.jpg`` (with ``overlay``) and ``<key>.npz`` (with ``save_probs``:
+input's size), ``<key>.overlay.png`` (with ``overlay``: the prediction over the image, a legend
+of the classes present beside it unless ``legend=False``; the demo and ``eval --show-dir`` name
+theirs the same way) and ``<key>.npz`` (with ``save_probs``:
 float16 probabilities ``[C, H, W]`` under the key ``probs``, the input of `pipseg.crf.folder.crf_folder`).
 """
 
@@ -11,26 +13,37 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from pipseg.crf import save_probs
 from pipseg.data.images import IMAGE_EXTENSIONS, image_size, read_image
-from pipseg.data.labels import IGNORE_INDEX, VOC_PALETTE, write_label
+from pipseg.data.labels import IGNORE_INDEX, write_label
 from pipseg.data.lists import read_id_list
 from pipseg.errors import PipsegError
-from pipseg.inference import DEFAULT_PAD_SIZE, checkpoint_pad_size, padded_size, predict_probs_batch
-from pipseg.io import atomic_write_bytes, atomic_write_json
+from pipseg.inference import (
+    DEFAULT_PAD_SIZE,
+    LargeImages,
+    Prediction,
+    checkpoint_crf_canvas,
+    checkpoint_pad_size,
+    padded_size,
+    predict_image,
+    predict_probs_batch,
+)
+from pipseg.io import atomic_write_json
+from pipseg.models.weights import generic_class_names
+from pipseg.visualize import overlay_picture, write_picture
 
 OVERLAY_ALPHA = 0.5
+OVERLAY_SUFFIX = ".overlay.png"  # lossless: class colours stay exact, legend text stays sharp
 
 
 @dataclass(frozen=True)
@@ -110,42 +123,19 @@ def output_paths(out_dir: Path, key: str) -> dict[str, Path]:
     """The files written for output name ``key``: ``label``, ``overlay`` and ``probs``."""
     return {
         "label": out_dir / f"{key}.png",
-        "overlay": out_dir / f"{key}.overlay.jpg",
+        "overlay": out_dir / f"{key}{OVERLAY_SUFFIX}",
         "probs": out_dir / f"{key}.npz",
     }
 
 
-def overlay_image(image: np.ndarray, label: np.ndarray, classes: Sequence[str] | None = None) -> np.ndarray:
-    """RGB image with non-background classes blended in VOC colours and a legend of those present."""
-    colours = VOC_PALETTE[label]
-    mask = ((label != 0) & (label != IGNORE_INDEX))[..., None]
-    blended = np.where(mask, (1 - OVERLAY_ALPHA) * image + OVERLAY_ALPHA * colours, image)
-    out = np.ascontiguousarray(blended.round().astype(np.uint8))
-    present = [int(c) for c in np.unique(label) if c != IGNORE_INDEX]
-    if not present:
-        return out
-    height, width = label.shape
-    scale = max(0.35, min(height, width) / 700)
-    thickness = max(1, round(scale * 1.5))
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    line_h = int(24 * scale) + 6
-    names = [classes[c] if classes is not None and c < len(classes) else f"class {c}" for c in present]
-    text_w = max(cv2.getTextSize(n, font, scale, thickness)[0][0] for n in names)
-    box_w, box_h = min(width, text_w + line_h + 12), min(height, line_h * len(names) + 8)
-    out[:box_h, :box_w] = (out[:box_h, :box_w] * 0.4).astype(np.uint8)  # dark backing for the text
-    for row, (cls, name) in enumerate(zip(present, names, strict=True)):
-        y = 4 + row * line_h
-        swatch = tuple(int(v) for v in VOC_PALETTE[cls])
-        cv2.rectangle(out, (4, y + 2), (4 + line_h - 6, y + line_h - 4), swatch, thickness=-1)
-        cv2.putText(out, name, (line_h + 2, y + line_h - 8), font, scale, (255, 255, 255), thickness, cv2.LINE_AA)
-    return out
-
-
-def _write_jpeg(path: Path, rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-    if not ok:
-        raise PipsegError(f"{path}: could not encode the overlay")
-    atomic_write_bytes(path, buf.tobytes())
+def overlay_image(
+    image: np.ndarray, label: np.ndarray, classes: Sequence[str] | None = None, *, alpha: float = OVERLAY_ALPHA,
+    legend: bool = True,
+) -> np.ndarray:
+    """RGB image with non-background classes blended in VOC colours (``alpha``) and, beside it,
+    a legend of the classes present (`pipseg.visualize.overlay_picture`)."""
+    names = list(classes) if classes is not None else generic_class_names(int(label[label != IGNORE_INDEX].max(initial=0)) + 1)
+    return overlay_picture(image, label, names, alpha=alpha, legend=legend)
 
 
 def predict_files(
@@ -165,21 +155,32 @@ def predict_files(
     amp_dtype: torch.dtype | None = None,
     progress: Callable[[int, int], None] | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
+    large: LargeImages | None = None,
+    crf_canvas: str | None = None,
+    alpha: float = OVERLAY_ALPHA,
+    legend: bool = True,
 ) -> PredictSummary:
     """Predict every image and write its outputs (see the module docstring) under ``out_dir``.
 
-    ``pad_size`` defaults to the one ``checkpoint`` was evaluated with (its config's
-    ``eval.pad_size``, see `checkpoint_pad_size`), so ``predict`` and ``eval`` agree pixel for
-    pixel; 513 without a checkpoint. Images sharing a padded size run as one batch of up to
-    ``batch_size``. Unreadable images are recorded in ``summary.failed`` and the run goes on. An
-    image whose requested outputs all exist is skipped unless ``overwrite``. Raises `PipsegError`
+    ``pad_size`` and ``crf_canvas`` default to what ``checkpoint`` was evaluated with (its config's
+    ``eval.pad_size`` and ``eval.crf_canvas``), so ``predict`` and ``eval`` agree pixel for pixel;
+    513 and ``image`` without a checkpoint. Images sharing a padded size run as one batch of up
+    to ``batch_size``; with ``large`` (`LargeImages`: ``max_side``, ``tile``) each image runs on
+    its own. Unreadable images are recorded in ``summary.failed`` and the run goes on. An image
+    whose requested outputs all exist is skipped unless ``overwrite``. Raises `PipsegError`
     (before any work) when an output path would be one of the inputs.
     """
     out_dir = Path(out_dir)
+    large = large or LargeImages()
     if pad_size is None:
         pad_size = checkpoint_pad_size(checkpoint) if checkpoint is not None else DEFAULT_PAD_SIZE
-    settings = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
-                "crf": crf is not None, "tta": tta, "pad_size": pad_size}  # fmt: skip
+    if crf_canvas is None:
+        crf_canvas = checkpoint_crf_canvas(checkpoint) if checkpoint is not None else "image"
+    if probs and large.max_side is not None:
+        raise PipsegError("--save-probs with --max-side: the probabilities would be smaller than the image; drop one")
+    settings = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None, "crf": crf is not None,
+                "tta": tta, "pad_size": pad_size, "crf_canvas": crf_canvas if crf is not None else None,
+                "max_side": large.max_side, "tile": large.tile}  # fmt: skip
     _check_settings(out_dir, settings, overwrite)
     # Written before any output, so an interrupted run still guards its folder.
     atomic_write_json(out_dir / SETTINGS_NAME, settings)
@@ -187,20 +188,19 @@ def predict_files(
     summary = PredictSummary(total=len(images))
     todo = _outputs_to_write(images, out_dir, wanted, overwrite, summary)
     report = partial(_report, summary, progress)
-    predict = partial(predict_probs_batch, model, pad_size=pad_size, device=device, tta=tta, amp_dtype=amp_dtype)
-    for group in _by_padded_size(todo, pad_size, summary, report).values():
-        for start in range(0, len(group), batch_size):
-            arrays, batch = _decode(group[start : start + batch_size], summary, report)
-            # The header can disagree with the decoded size (rare formats): regroup to be safe.
-            by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-            for i, arr in enumerate(arrays):
-                by_size[padded_size(*arr.shape[:2], pad_size)].append(i)
-            for members in by_size.values():
-                results = predict([arrays[i] for i in members])
-                for i, prob in zip(members, results, strict=True):
-                    _write_outputs(arrays[i], prob, batch[i][1], classes, crf)
-                    summary.written += 1
-                    report()
+    canvas = crf is not None and crf_canvas == "padded"
+    recipe = {"pad_size": pad_size, "device": device, "tta": tta, "amp_dtype": amp_dtype}
+    if large.active:
+        one = partial(predict_image, model, canvas=canvas, need_probs=crf is not None or probs, **recipe,
+                      **large.kwargs())  # fmt: skip
+        predicted = _one_by_one(todo, one, summary, report)
+    else:
+        predict = partial(predict_probs_batch, model, crop=not canvas, **recipe)
+        predicted = _batched(todo, predict, pad_size, batch_size, summary, report)
+    for image, prediction, paths in predicted:
+        _write_outputs(image, prediction, paths, classes, crf, alpha=alpha, legend=legend)
+        summary.written += 1
+        report()
     return summary
 
 
@@ -246,6 +246,37 @@ def _by_padded_size(
     return groups
 
 
+def _batched(
+    todo: list[_Todo], predict: Callable[..., list[torch.Tensor]], pad_size: int, batch_size: int,
+    summary: PredictSummary, report: Callable[[], None],
+) -> Iterator[tuple[np.ndarray, Prediction, dict[str, Path]]]:
+    """Each readable image with its `Prediction` and output paths, images of one padded size
+    batched (``predict`` with ``crop=False`` gives canvases)."""
+    for group in _by_padded_size(todo, pad_size, summary, report).values():
+        for start in range(0, len(group), batch_size):
+            arrays, batch = _decode(group[start : start + batch_size], summary, report)
+            # The header can disagree with the decoded size (rare formats): regroup to be safe.
+            by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+            for i, arr in enumerate(arrays):
+                by_size[padded_size(*arr.shape[:2], pad_size)].append(i)
+            for members in by_size.values():
+                for i, prob in zip(members, predict([arrays[i] for i in members]), strict=True):
+                    h, w = arrays[i].shape[:2]
+                    canvas = prob if prob.shape[-2:] != (h, w) else None
+                    yield arrays[i], Prediction(prob[:, :h, :w], arrays[i], (h, w), canvas), batch[i][1]
+
+
+def _one_by_one(
+    todo: list[_Todo], predict: Callable[[np.ndarray], Prediction], summary: PredictSummary,
+    report: Callable[[], None],
+) -> Iterator[tuple[np.ndarray, Prediction, dict[str, Path]]]:
+    """Each readable image with its `Prediction` and output paths, one image at a time."""
+    for item in todo:
+        arrays, batch = _decode([item], summary, report)
+        if arrays:
+            yield arrays[0], predict(arrays[0]), batch[0][1]
+
+
 def _decode(
     items: list[_Todo], summary: PredictSummary, report: Callable[[], None]
 ) -> tuple[list[np.ndarray], list[_Todo]]:
@@ -284,19 +315,18 @@ def _check_settings(out_dir: Path, settings: dict[str, Any], overwrite: bool) ->
 
 def _write_outputs(
     image: np.ndarray,
-    prob: torch.Tensor,
+    prediction: Prediction,
     paths: dict[str, Path],
     classes: Sequence[str] | None,
     crf: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+    *,
+    alpha: float,
+    legend: bool,
 ) -> None:
-    need_probs = crf is not None or "probs" in paths
-    prob_np = prob.float().cpu().numpy() if need_probs else None
-    if crf is not None:
-        label = np.asarray(crf(image, prob_np), dtype=np.uint8)
-    else:
-        label = prob.argmax(0).to(torch.uint8).cpu().numpy()
+    label = prediction.refined(crf) if crf is not None else prediction.label()
     write_label(paths["label"], label)
     if "overlay" in paths:
-        _write_jpeg(paths["overlay"], overlay_image(image, label, classes))
+        write_picture(paths["overlay"], overlay_image(image, label, classes, alpha=alpha, legend=legend))
     if "probs" in paths:
-        save_probs(paths["probs"], prob_np)
+        assert prediction.probs is not None
+        save_probs(paths["probs"], prediction.probs.float().cpu().numpy())

@@ -19,6 +19,7 @@ from pipseg.errors import PipsegError
 from pipseg.io import atomic_write_bytes
 
 IGNORE_RGB = (224, 224, 224)  # how "ignore" (255) is drawn in label pictures: light grey
+IGNORE_NAME = "ignore (255): not scored"
 ERROR_COLOURS = {"right": (40, 160, 40), "wrong": (220, 30, 30), "ignored": IGNORE_RGB}
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
@@ -47,6 +48,17 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndar
     return np.ascontiguousarray(blended.round().astype(np.uint8))
 
 
+def overlay_picture(
+    image: np.ndarray, label: np.ndarray, names: Sequence[str], *, alpha: float = 0.5, legend: bool = True
+) -> np.ndarray:
+    """The `overlay` of ``label`` on ``image``, with a legend of the classes present beside it
+    (``legend=False``: the overlay alone, the input's size)."""
+    picture = overlay(image, label, alpha)
+    if not legend:
+        return picture
+    return with_legend(picture, legend_rows(label, names), ignore_row=bool((label == IGNORE_INDEX).any()))
+
+
 def _text_scale(height: int) -> tuple[float, int, int]:
     scale = float(np.clip(height / 600, 0.4, 1.2))
     return scale, max(1, round(scale * 1.5)), int(22 * scale) + 6
@@ -60,19 +72,33 @@ def legend_rows(label: np.ndarray | Sequence[np.ndarray], names: Sequence[str]) 
 
 
 def legend_panel(rows: Sequence[tuple[int, str]], height: int, *, ignore_row: bool = False) -> np.ndarray:
-    """A white panel ``height`` pixels tall listing a colour swatch and name per row."""
-    items = list(rows) + ([(IGNORE_INDEX, "ignore (255)")] if ignore_row else [])
+    """A white panel ``height`` pixels tall listing a colour swatch and name per class row."""
+    items = [(class_colour(cls), name) for cls, name in rows]
+    if ignore_row:
+        items.append((IGNORE_RGB, IGNORE_NAME))
+    return swatch_panel(items, height)
+
+
+def swatch_panel(items: Sequence[tuple[tuple[int, int, int], str]], height: int) -> np.ndarray:
+    """A white panel at least ``height`` pixels tall with one ``(RGB colour, text)`` row per item."""
     scale, thickness, line_h = _text_scale(max(height, 200))
     widths = [cv2.getTextSize(name, _FONT, scale, thickness)[0][0] for _, name in items] or [0]
     width = max(widths) + line_h + 16
     needed = 8 + line_h * len(items)
     panel = np.full((max(height, needed), width, 3), 255, np.uint8)
-    for row, (cls, name) in enumerate(items):
+    for row, (colour, name) in enumerate(items):
         y = 4 + row * line_h
-        cv2.rectangle(panel, (6, y + 2), (6 + line_h - 6, y + line_h - 4), class_colour(cls), -1)
+        cv2.rectangle(panel, (6, y + 2), (6 + line_h - 6, y + line_h - 4), tuple(map(int, colour)), -1)
         cv2.rectangle(panel, (6, y + 2), (6 + line_h - 6, y + line_h - 4), (0, 0, 0), 1)
         cv2.putText(panel, name, (line_h + 8, y + line_h - 8), _FONT, scale, (0, 0, 0), thickness, cv2.LINE_AA)
     return panel
+
+
+def error_legend(picture: np.ndarray) -> np.ndarray:
+    """An `error_map` picture with its three colours explained beside it."""
+    items = [(ERROR_COLOURS[k], text) for k, text in (("right", "right"), ("wrong", "wrong"),
+                                                       ("ignored", "ignored (255)"))]  # fmt: skip
+    return hstack([picture, swatch_panel(items, picture.shape[0])], gap=0)
 
 
 def with_legend(picture: np.ndarray, rows: Sequence[tuple[int, str]], *, ignore_row: bool = False) -> np.ndarray:

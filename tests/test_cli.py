@@ -186,8 +186,11 @@ def test_eval_folder_without_names_guesses_no_dataset(tmp_path: Path) -> None:
         assert "class_2" in result.output and "aeroplane" not in result.output
 
 
-def test_eval_checkpoint_mode_refuses_classes(tmp_path: Path) -> None:
+def test_eval_checkpoint_mode_refuses_folder_options(tmp_path: Path) -> None:
+    # --classes names a checkpoint's rows too (issue 15); --num-classes and --images stay folder mode's
     (tmp_path / "c.yaml").write_text("{}\n")
-    args = ["eval", str(tmp_path / "c.yaml"), "--checkpoint", "x.pt", "--classes", "n.txt"]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "folder mode" in result.output
+    for extra in (["--num-classes", "3"], ["--images", str(tmp_path)]):
+        result = runner.invoke(app, ["eval", str(tmp_path / "c.yaml"), "--checkpoint", "x.pt", *extra])
+        assert result.exit_code == 2 and "folder mode" in result.output
+    result = runner.invoke(app, ["eval", "--pred", str(tmp_path), "--gt", str(tmp_path), "--tile", "64"])
+    assert result.exit_code == 2 and "checkpoint mode" in result.output

@@ -193,3 +193,49 @@ def test_crf_class_imports_light() -> None:
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('pipseg.crf.', 'pipseg.parallel'))))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_crf_on_the_padded_canvas_is_pydensecrf_on_the_padded_canvas(tmp_path: Path) -> None:
+    """eval.crf_canvas=padded (the published code, docs/METHOD.md section 6): DenseCRF on the
+    whole padded canvas (image padded bottom/right with black), then cropped."""
+    import torch
+
+    from pipseg.evaluate import evaluate_model
+    from pipseg.inference import predict_probs_batch
+    from pipseg.models import CHECKPOINT_FORMAT, build_model
+
+    torch.manual_seed(1)
+    model = build_model("tiny_deeplab", C).eval()
+    torch.nn.init.normal_(model.classifier.weight, std=5.0)
+    image, _ = scene(3, h=40, w=52)
+    canvas = predict_probs_batch(model, [image], pad_size=65, crop=False)[0].numpy()
+    assert canvas.shape == (C, 65, 65)
+    padded = np.zeros((65, 65, 3), np.uint8)
+    padded[:40, :52] = image
+    d = dcrf.DenseCRF2D(65, 65, C)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(canvas)))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=120, srgb=5, rgbim=padded, compat=5)
+    expected = np.array(d.inference(10)).reshape(C, 65, 65).argmax(0)[:40, :52]
+    on_image = DenseCRF()(image, np.ascontiguousarray(canvas[:, :40, :52]))
+    assert (expected != on_image).any(), "the two canvases must differ on this image"
+
+    seen = {}
+    target = np.zeros((40, 52), np.uint8)
+    for where in ("image", "padded"):
+        evaluate_model(model, [(image, target, "x")], num_classes=C, pad_size=65, crf=DenseCRF(), crf_canvas=where,
+                       on_image=lambda i, im, t, label, w=where: seen.__setitem__(w, label))  # fmt: skip
+    np.testing.assert_array_equal(seen["padded"], expected)
+    np.testing.assert_array_equal(seen["image"], on_image)
+
+    Image.fromarray(image).save(tmp_path / "im.png")
+    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_name": model.name,
+                "num_classes": C, "classes": [f"c{i}" for i in range(C)],
+                "input_convention": model.input_convention.as_dict(),
+                "config": {"eval": {"pad_size": 65, "crf_canvas": "padded"}}}, tmp_path / "m.pt")  # fmt: skip
+    args = ["predict", str(tmp_path / "im.png"), "-c", str(tmp_path / "m.pt"), "--crf", "--device", "cpu"]
+    for extra, want in (([], expected), (["--crf-canvas", "image"], on_image)):  # the checkpoint's, then told
+        out = tmp_path / f"out{len(extra)}"
+        result = CliRunner().invoke(app, [*args, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        np.testing.assert_array_equal(read_label(out / "im.png"), want)

@@ -10,17 +10,25 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipseg.cli import app
-from pipseg.demo import contact_sheet, run_demo
+from pipseg.demo import run_demo
 
 FAST = ["optim.iters=4", "optim.batch_size=4", "data.crop_size=48", "runtime.val_every=4",
         "runtime.ckpt_every=4", "runtime.log_every=2", "eval.pad_size=64", "runtime.device=cpu"]  # fmt: skip
 
 
-def test_contact_sheet_layout():
+def test_contact_sheet_has_a_legend_with_the_ignore_colour_explained():
+    from pipseg import visualize as viz
+    from pipseg.data.labels import VOC_PALETTE
+
     a = np.zeros((10, 12, 3), np.uint8)
-    sheet = contact_sheet([[a, a, a], [a, a, a]], ["x", "y", "z"], gap=2)
-    # Each cell gains an 18-pixel title bar; gaps only between cells.
-    assert sheet.shape == (2 * (10 + 18) + 2, 3 * 12 + 2 * 2, 3)
+    label = np.zeros((10, 12), np.uint8)
+    label[:3] = 2
+    label[-2:] = 255
+    rows = viz.legend_rows([label], ["background", "disc", "ring"])
+    sheet = viz.contact_sheet([[a, viz.label_picture(label)]] * 2, ["x", "y"], rows, ignore_row=True)
+    legend = sheet[:, 2 * 12 + 4 :]
+    assert (legend == VOC_PALETTE[2]).all(-1).any() and (legend == viz.IGNORE_RGB).all(-1).any()
+    assert not (legend == VOC_PALETTE[1]).all(-1).any()  # "disc" is absent: no row
 
 
 def test_demo_runs_and_reuses(tmp_path: Path):
@@ -33,7 +41,9 @@ def test_demo_runs_and_reuses(tmp_path: Path):
     sheet = np.asarray(Image.open(result.contact_sheet))
     assert sheet.shape[0] > 2 * 18 and sheet.shape[2] == 3
     predictions = sorted(p.name for p in result.predictions_dir.iterdir())
-    assert len([p for p in predictions if p.endswith("_overlay.png")]) == 2
+    assert len([p for p in predictions if p.endswith(".overlay.png")]) == 4 == result.predictions  # every val image
+    legend = sheet[:, -60:]
+    assert (legend == (224, 224, 224)).all(-1).any()  # the ignore swatch of the legend
 
     stamp = result.checkpoint.stat().st_mtime_ns
     again = run_demo(tmp_path, overrides=FAST, n_train=12, n_val=4, n_show=2, with_crf=False)

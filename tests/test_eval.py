@@ -159,3 +159,110 @@ def test_folders_fall_back_to_one_process_with_one_warning(tmp_path: Path, monke
     with pytest.warns(RuntimeWarning, match="no semaphores") as record:  # no callback: warnings.warn, once
         evaluate_folders(pred_dir, gt_dir, num_classes=C, workers=3)
     assert len(record) == 1
+
+
+def _tiny_checkpoint(tmp_path: Path, synthetic_data_cfg, pad: int = 97) -> tuple[torch.nn.Module, list[str]]:  # noqa: ANN001
+    torch.manual_seed(0)
+    model = build_model("tiny_deeplab", len(SYNTHETIC_CLASSES)).eval()
+    torch.nn.init.normal_(model.classifier.weight, std=1.0)  # varied predictions
+    torch.save({
+        "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_name": model.name,
+        "num_classes": model.num_classes, "classes": list(SYNTHETIC_CLASSES),
+        "input_convention": model.input_convention.as_dict(), "config": {}, "iteration": 1,
+    }, tmp_path / "ckpt.pt")  # fmt: skip
+    cfg = {"data": {"root": str(synthetic_data_cfg.root), "classes": list(SYNTHETIC_CLASSES)},
+           "model": {"name": "tiny_deeplab", "init": "none"}, "eval": {"pad_size": pad}}  # fmt: skip
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    return model, ["eval", str(tmp_path / "cfg.yaml"), "--checkpoint", str(tmp_path / "ckpt.pt"), "--device", "cpu"]
+
+
+def _rgb(path: Path) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def test_show_dir_pictures_report_and_named_json(tmp_path: Path, synthetic_data_cfg) -> None:  # noqa: ANN001
+    from html.parser import HTMLParser
+
+    from pipseg.data.labels import VOC_PALETTE
+    from pipseg.inference import predict_probs
+
+    model, args = _tiny_checkpoint(tmp_path, synthetic_data_cfg)
+    names = ["bg", "one", "two", "three", "four", "five"]
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    show = tmp_path / "show"
+    result = runner.invoke(app, [*args, "--show-dir", str(show), "--json", str(tmp_path / "s.json"),
+                                 "--classes", str(tmp_path / "names.txt"), "--alpha", "0.25"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    dataset = SegDataset(synthetic_data_cfg, "val", "gt", train=False)
+    matrix = np.zeros((6, 6), np.int64)
+    per_image = {}
+    for i, sample_id in enumerate(dataset.ids):
+        image, gt, _ = dataset.load(i)
+        pred = predict_probs(model, image, pad_size=97).argmax(0).numpy()
+        keep = gt != 255
+        counts = np.zeros((6, 6), np.int64)
+        np.add.at(counts, (gt[keep], pred[keep]), 1)
+        matrix += counts
+        union = counts.sum(0) + counts.sum(1) - np.diag(counts)
+        per_image[sample_id] = np.mean(np.diag(counts)[union > 0] / union[union > 0])
+        overlay = _rgb(show / "images" / f"{sample_id}.overlay.png")
+        h, w = gt.shape
+        assert overlay.shape[0] >= h and overlay.shape[1] > w  # the legend beside, not over the image
+        blend = np.round(0.75 * image + 0.25 * VOC_PALETTE[pred].astype(float)).astype(np.uint8)
+        expected = np.where(((pred != 0) & (pred != 255))[..., None], blend, image)
+        assert (overlay[:h, :w] == expected).all()
+        for c in np.unique(pred):  # one swatch per class present, in its colour
+            assert (overlay[:, w:] == VOC_PALETTE[c]).all(-1).any()
+        errors = _rgb(show / "images" / f"{sample_id}.errors.png")[:h, :w]
+        assert ((errors == (40, 160, 40)).all(-1) == ((pred == gt) & keep)).all()
+        assert ((errors == (220, 30, 30)).all(-1) == ((pred != gt) & keep)).all()
+    saved = json.loads((tmp_path / "s.json").read_text())
+    assert saved["confusion"]["classes"] == names and saved["confusion"]["counts"] == matrix.tolist()
+    iou = np.diag(matrix) / (matrix.sum(0) + matrix.sum(1) - np.diag(matrix))
+    for c, name in enumerate(names):
+        assert saved["per_class"][name]["iou"] == pytest.approx(iou[c], nan_ok=True)
+    assert "three" in result.output and "triangle" not in result.output
+    (tmp_path / "few.txt").write_text("bg\none\n")
+    few = runner.invoke(app, [*args, "--classes", str(tmp_path / "few.txt")])
+    assert few.exit_code == 2 and "--classes" in few.output and "6 classes" in few.output
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.src: list[str] = []
+
+        def handle_starttag(self, tag, attrs) -> None:  # noqa: ANN001
+            if tag == "img":
+                self.src.append(dict(attrs)["src"])
+
+    links = Links()
+    links.feed((show / "report.html").read_text())
+    worst_first = sorted(per_image, key=per_image.get)
+    overlays = [s for s in links.src if s.endswith(".overlay.png")]
+    assert overlays == [f"images/{i}.overlay.png" for i in worst_first]
+    assert links.src[:2] == ["iou.png", "confusion.png"]
+    heat = _rgb(show / "confusion.png")
+    assert heat.shape[0] > 200 and heat.std() > 0
+
+
+def test_show_dir_folder_mode_uses_images(tmp_path: Path) -> None:
+    from PIL import Image as PILImage
+
+    pred_dir, gt_dir, preds, gts = make_pairs(tmp_path)
+    images = tmp_path / "img"
+    images.mkdir()
+    for i, gt in enumerate(gts):
+        PILImage.fromarray(np.full((*gt.shape, 3), 90, np.uint8)).save(images / f"im{i}.png")
+    show = tmp_path / "show"
+    args = ["eval", "--pred", str(pred_dir), "--gt", str(gt_dir), "--num-classes", str(C), "--show-dir", str(show),
+            "--images", str(images), "--alpha", "0"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for i, gt in enumerate(gts):
+        overlay = _rgb(show / "images" / f"im{i}.overlay.png")
+        assert (overlay[: gt.shape[0], : gt.shape[1]] == 90).all()  # alpha 0: the image itself
+        assert "class_" in (show / "report.html").read_text()
+    missing = runner.invoke(app, [*args[:-4], "--images", str(tmp_path)])
+    assert missing.exit_code == 2 and "--images" in missing.output

@@ -166,7 +166,8 @@ def test_cli_predict_folder(tmp_path: Path, tiny: torch.nn.Module, monkeypatch: 
     for stem, hw in sizes.items():
         label = read_label(out / f"{stem}.png")
         assert label.shape == hw and label.max() < len(CLASSES)
-        assert Image.open(out / f"{stem}.overlay.jpg").size == (hw[1], hw[0])
+        width, height = Image.open(out / f"{stem}.overlay.png").size  # the legend beside the image
+        assert height >= hw[0] and width > hw[1]
         with np.load(out / f"{stem}.npz") as npz:
             assert npz["probs"].shape == (len(CLASSES), *hw) and npz["probs"].dtype == np.float16
     assert not (out / "broken.png").exists()
@@ -301,3 +302,135 @@ def test_checkpoint_pad_size(tmp_path: Path, tiny: torch.nn.Module) -> None:
     assert checkpoint_pad_size(tmp_path / "state.pth") == 513
     with pytest.raises(PipsegError, match=r"eval.pad_size is 'big'.*--pad-size"):
         checkpoint_pad_size(save_checkpoint(tiny, tmp_path / "c.pt", {"eval": {"pad_size": "big"}}))
+
+
+# --- large images: sliding window and --max-side ---------------------------------------------
+
+
+class PixelModel(torch.nn.Module):
+    """Output stride 1, receptive field 1 pixel: its prediction at a pixel depends on that pixel
+    only, so any tiling must reproduce the whole-image prediction exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv2d(3, len(CLASSES), 1)
+        torch.nn.init.normal_(self.conv.weight, std=3.0)
+        self.input_convention = TORCHVISION_RGB
+        self.name, self.num_classes = "pixel", len(CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def pixel_oracle(model: PixelModel, image: np.ndarray) -> np.ndarray:
+    """softmax(W x + b) per pixel, from the convention's mean / std, in float64."""
+    conv = model.input_convention
+    x = (image.astype(np.float64) / 255.0 - np.array(conv.mean)) / np.array(conv.std)
+    w = model.conv.weight.detach().double().numpy()[:, :, 0, 0]
+    logits = np.einsum("hwc,kc->khw", x, w) + model.conv.bias.detach().double().numpy()[:, None, None]
+    e = np.exp(logits - logits.max(0))
+    return e / e.sum(0)
+
+
+def test_tile_starts_cover_with_overlap() -> None:
+    from pipseg.inference import tile_starts
+
+    for length, tile, overlap in [(100, 40, 10), (41, 40, 5), (40, 40, 0), (1000, 513, 128), (7, 40, 10)]:
+        starts = tile_starts(length, tile, overlap)
+        ends = [s + min(tile, length) for s in starts]
+        assert starts[0] == 0 and ends[-1] == length and all(0 <= s for s in starts)
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))  # overlap kept
+        covered = np.zeros(length, bool)
+        for s, e in zip(starts, ends, strict=True):
+            covered[s:e] = True
+        assert covered.all()
+
+
+def test_tiled_prediction_equals_whole_image_for_a_position_independent_model() -> None:
+    from pipseg.inference import predict_probs_tiled
+
+    model = PixelModel().eval()
+    image = np.random.default_rng(11).integers(0, 256, (150, 230, 3), dtype=np.uint8)
+    expected = pixel_oracle(model, image)
+    tiled = predict_probs_tiled(model, image, tile=64, overlap=20, pad_size=64, batch_size=3)
+    assert tiled.shape == (len(CLASSES), 150, 230)
+    np.testing.assert_allclose(tiled.numpy(), expected, atol=1e-5)
+    with pytest.raises(PipsegError, match="--overlap"):
+        predict_probs_tiled(model, image, tile=64, overlap=64)
+
+
+def test_tiled_prediction_of_a_cnn_matches_inside_tiles(tiny: torch.nn.Module) -> None:
+    """A real network: the tiled probabilities are a proper average (sum to 1) of the windows'
+    own predictions, and a pixel covered by a single window gets exactly that window's output."""
+    from pipseg.inference import predict_probs_tiled
+
+    image = np.random.default_rng(12).integers(0, 256, (60, 150, 3), dtype=np.uint8)
+    tiled = predict_probs_tiled(tiny, image, tile=60, overlap=16, pad_size=65)
+    torch.testing.assert_close(tiled.sum(0), torch.ones(60, 150))
+    first = predict_probs(tiny, np.ascontiguousarray(image[:, :60]), pad_size=65)
+    torch.testing.assert_close(tiled[:, :, :40], first[:, :, :40])  # x < 44: only the first window
+
+
+def test_max_side_predicts_downscaled_and_returns_the_input_size() -> None:
+    from pipseg.inference import fit_max_side, predict_image
+
+    model = PixelModel().eval()
+    image = np.zeros((90, 300, 3), np.uint8)
+    image[:, :150] = (200, 30, 30)
+    image[:, 150:] = (20, 40, 220)
+    assert fit_max_side(90, 300, 100) == (30, 100) and fit_max_side(90, 300, 500) == (90, 300)
+    pred = predict_image(model, image, max_side=100, pad_size=65)
+    assert pred.probs.shape[-2:] == (30, 100) and pred.size == (90, 300)
+    label = pred.label()
+    assert label.shape == (90, 300)
+    left, right = (int(pixel_oracle(model, image[:1, c : c + 1]).argmax(0)[0, 0]) for c in (0, 299))
+    assert left != right, "the two colours must be told apart"
+    assert (label[:, :148] == left).all() and (label[:, 152:] == right).all()
+    same = predict_image(model, image, max_side=300, pad_size=65).label()
+    np.testing.assert_array_equal(same, pixel_oracle(model, image).argmax(0))
+
+
+def test_cli_predict_large_options(tmp_path: Path, tiny: torch.nn.Module) -> None:
+    image = np.random.default_rng(13).integers(0, 256, (70, 130, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "big.png")
+    ckpt = save_checkpoint(tiny, tmp_path / "tiny.pt", config={"eval": {"pad_size": 65}})
+    base = ["predict", str(tmp_path / "big.png"), "-c", str(ckpt), "--device", "cpu"]
+    tiled = runner.invoke(app, [*base, "--out", str(tmp_path / "t"), "--tile", "64", "--overlap", "16"])
+    assert tiled.exit_code == 0, tiled.output
+    from pipseg.inference import predict_probs_tiled
+
+    expected = predict_probs_tiled(tiny, image, tile=64, overlap=16, pad_size=65).argmax(0).numpy()
+    np.testing.assert_array_equal(read_label(tmp_path / "t" / "big.png"), expected)
+    small = runner.invoke(app, [*base, "--out", str(tmp_path / "m"), "--max-side", "40", "--overlay", "--no-legend"])
+    assert small.exit_code == 0, small.output
+    assert read_label(tmp_path / "m" / "big.png").shape == (70, 130)
+    assert Image.open(tmp_path / "m" / "big.overlay.png").size == (130, 70)  # --no-legend: the image's size
+    refused = runner.invoke(app, [*base, "--out", str(tmp_path / "p"), "--max-side", "40", "--save-probs"])
+    assert refused.exit_code == 2 and "--max-side" in refused.output
+
+
+def test_evaluate_model_with_tiles_scores_the_tiled_labels() -> None:
+    from pipseg.inference import LargeImages
+
+    model = PixelModel().eval()
+    rng = np.random.default_rng(14)
+    samples = [(rng.integers(0, 256, (50, 90, 3), dtype=np.uint8), rng.integers(0, 4, (50, 90)).astype(np.uint8), "a")]
+    truth = pixel_oracle(model, samples[0][0]).argmax(0)
+    tiled = evaluate_model(model, samples, num_classes=4, pad_size=33, large=LargeImages(tile=32, overlap=8))
+    matrix = np.zeros((4, 4), np.int64)
+    np.add.at(matrix, (samples[0][1].ravel(), truth.ravel()), 1)
+    assert tiled["confusion"] == matrix.tolist()
+
+
+def test_streamed_tiled_labels_equal_the_argmax_of_the_averaged_probabilities(tiny: torch.nn.Module) -> None:
+    from pipseg.inference import predict_label_tiled, predict_probs_tiled
+
+    image = np.random.default_rng(15).integers(0, 256, (170, 90, 3), dtype=np.uint8)
+    for tile, overlap in [(48, 12), (64, 30), (100, 0)]:
+        probs = predict_probs_tiled(tiny, image, tile=tile, overlap=overlap, pad_size=65)
+        labels = predict_label_tiled(tiny, image, tile=tile, overlap=overlap, pad_size=65)
+        top2 = probs.topk(2, dim=0).values
+        clear = (top2[0] - top2[1] > 1e-5).numpy()  # ties may break either way after the division
+        assert clear.mean() > 0.99
+        np.testing.assert_array_equal(labels[clear], probs.argmax(0).numpy()[clear])

@@ -43,3 +43,33 @@ def test_no_runs_is_an_error(tmp_path):
         find_runs([tmp_path])
     with pytest.raises(PipsegError, match="not a folder"):
         find_runs([tmp_path / "missing"])
+
+
+def test_cli_runs_table_and_curves(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipseg.cli import app
+
+    _fake_run(tmp_path / "a", "crf", "pip", [(20, 0.4), (40, 0.35)], True, 3725.0)
+    _fake_run(tmp_path / "b", "box", "ce", [(20, 0.3)], False)
+    result = CliRunner().invoke(app, ["runs", str(tmp_path), "--curves", str(tmp_path / "c.png")],
+                                env={"COLUMNS": "200"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "crf" in result.output and "val curves written" in result.output
+    from rich.console import Console
+
+    from pipseg.cli.runs_cmd import runs_table
+
+    runs = [read_run(p) for p in find_runs([tmp_path])]
+    wide = Console(width=200, record=True)
+    wide.print(runs_table(runs, short_names(runs)))
+    cells = [line.replace("│", " ").split() for line in wide.export_text().splitlines()]
+    rows = {c[0]: c for c in cells if c[:1] in (["a"], ["b"])}
+    assert rows["a"][1:8] == ["crf", "pip", "0.2", "40/40", "40.00", "35.00", "1h02m"]
+    assert rows["b"][1:6] == ["box", "ce", "-", "40/40", "(unfinished)"]
+    import cv2
+
+    picture = cv2.imread(str(tmp_path / "c.png"))
+    assert picture is not None and picture.shape[1] == 800  # 8 inches at 100 dpi
+    missing = CliRunner().invoke(app, ["runs", str(tmp_path / "none")])
+    assert missing.exit_code == 2 and "not a folder" in missing.output

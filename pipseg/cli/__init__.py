@@ -67,6 +67,14 @@ COMMANDS: dict[str, CommandEntry] = {
         "demo_cmd", "demo",
         "Run the whole pipeline on generated data: pseudo labels, PIP training, eval, contact sheet.",
     ),
+    "runs": CommandEntry(
+        "runs_cmd", "runs",
+        "Compare training runs: a table (label source, loss, lambda, iterations, val mIoU, wall time) and val curves.",
+    ),
+    "browse": CommandEntry(
+        "browse_cmd", "browse",
+        "Contact sheets of a prepared dataset: images with their boxes, every pseudo-label source, ground truth.",
+    ),
     "config": CommandEntry("config_cmd", "config_app", "Inspect configs."),
 }  # fmt: skip
 

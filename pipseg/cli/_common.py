@@ -35,6 +35,19 @@ WorkersOpt = Annotated[
     int | None, typer.Option("--workers", "-j", min=1, help="Worker processes (default: all cores).")
 ]
 
+MaxSideOpt = Annotated[
+    int | None,
+    typer.Option("--max-side", min=32, show_default=False,
+                 help="Large images: downscale so the longer side is at most N, predict, scale the labels back."),
+]  # fmt: skip
+TileOpt = Annotated[
+    int | None,
+    typer.Option("--tile", min=32, show_default=False,
+                 help="Large images: sliding window of NxN tiles (e.g. 513), probabilities averaged where tiles overlap."),
+]  # fmt: skip
+OverlapOpt = Annotated[int, typer.Option("--overlap", min=0, help="Pixels neighbouring --tile windows share.")]
+AlphaOpt = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Overlay opacity of the class colours (0..1).")]
+
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``message`` (one line per problem) to stderr and return the Exit to raise."""

@@ -49,7 +49,7 @@ def demo(
         )  # fmt: skip
     console.print(_results_table(result))
     console.print(f"checkpoint      {result.checkpoint}")
-    console.print(f"predictions     {result.predictions_dir}")
+    console.print(f"predictions     {result.predictions_dir} ({result.predictions} val images, <id>.png and <id>.overlay.png)")
     console.print(f"contact sheet   {result.contact_sheet}")
     if not result.trained_now:
         console.print("[dim]reused the finished run in the work folder (delete it to retrain)[/]")

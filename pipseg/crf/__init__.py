@@ -9,6 +9,7 @@ it. This module imports light (numpy and the config; pydensecrf when inference r
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,21 @@ class DenseCRF:
     def __call__(self, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Refined class indices ``[H, W]`` uint8."""
         return self.refine(image, probs).argmax(axis=0).astype(np.uint8)
+
+
+def refine_on_canvas(
+    crf: Callable[[np.ndarray, np.ndarray], np.ndarray], image: np.ndarray, canvas_probs: np.ndarray
+) -> np.ndarray:
+    """Labels ``[H, W]`` of ``image`` from DenseCRF run as the published code runs it
+    (``eval.crf_canvas: padded``, docs/METHOD.md section 6): on the whole padded canvas, the image
+    padded bottom/right with black to the probabilities' size, then cropped to the image."""
+    height, width = image.shape[:2]
+    canvas_h, canvas_w = canvas_probs.shape[1:]
+    if canvas_h < height or canvas_w < width:
+        raise ValueError(f"canvas {canvas_h}x{canvas_w} is smaller than the image {height}x{width}")
+    padded = np.zeros((canvas_h, canvas_w, 3), np.uint8)
+    padded[:height, :width] = image
+    return np.asarray(crf(padded, canvas_probs))[:height, :width]
 
 
 def save_probs(path: str | os.PathLike[str], probs: np.ndarray) -> Path:
