@@ -67,6 +67,7 @@ COMMANDS: dict[str, CommandEntry] = {
         "demo_cmd", "demo",
         "Run the whole pipeline on generated data: pseudo labels, PIP training, eval, contact sheet.",
     ),
+    "refine": CommandEntry("refine_cmd", "refine", "Self-training rounds: train, relabel in the boxes (model + DenseCRF), train again."),
     "config": CommandEntry("config_cmd", "config_app", "Inspect configs."),
 }  # fmt: skip
 
