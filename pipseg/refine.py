@@ -42,7 +42,7 @@ from pipseg.engine import train
 from pipseg.engine.checkpoint import LAST
 from pipseg.errors import PipsegError
 from pipseg.inference import predict_probs
-from pipseg.io import atomic_write_json
+from pipseg.io import atomic_write_json, file_digest
 from pipseg.metrics import confusion_counts, scores_from_matrix
 from pipseg.models import model_from_checkpoint
 from pipseg.parallel import run_tasks
@@ -187,14 +187,18 @@ def relabel(
     bases = folder_bases(manifest, prepared, cfg.data.root)
     ids = read_split(prepared, manifest, cfg.data.train_split)
     folder = prepared / "pseudo" / source
-    origin = {"checkpoint": str(checkpoint.resolve()), "from": previous}
-    entry = manifest.get("sources", {}).get(source, {})
-    if entry.get("refine") == origin and all((folder / f"{i}.png").is_file() for i in ids):
-        return folder
     if not checkpoint.is_file():
         raise PipsegError(
             f"{checkpoint}: the previous round left no checkpoint; pass --force to redo the rounds"
         )
+    origin = {
+        "checkpoint": str(checkpoint.resolve()),
+        "sha256": file_digest(checkpoint),
+        "from": previous,
+    }
+    entry = manifest.get("sources", {}).get(source, {})
+    if entry.get("refine") == origin and all((folder / f"{i}.png").is_file() for i in ids):
+        return folder  # made by this very model from these labels
     images = read_prepared_images(prepared, manifest, bases)
     prev = _label_index(source_dirs(manifest, previous, bases, where=str(prepared / MANIFEST_NAME)))
     gt = (
