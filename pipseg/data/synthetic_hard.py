@@ -42,7 +42,7 @@ _CLASS_TINT = np.array(
     dtype=np.float32,
 )
 _MIN_VISIBLE = 0.35  # an object less visible than this (after occlusion) is not annotated
-_CLUTTER_ALIKE = 0.4  # share of clutter pieces wearing an object class's texture and tint
+_CLUTTER_ALIKE = 0.6  # share of clutter pieces wearing an object class's texture and tint
 _NOISE = 6.0
 
 
@@ -118,30 +118,30 @@ def _shape_mask(
         cx = float(np.clip(near[0] + rng.normal(0, r), 0, w - 1))
         cy = float(np.clip(near[1] + rng.normal(0, r), 0, h - 1))
     if cls == 1:  # blob: irregular, mildly concave
-        cv2.fillPoly(mask, [_radial_polygon(rng, cx, cy, r, 0.9)], 1)
+        cv2.fillPoly(mask, [_radial_polygon(rng, cx, cy, r, 1.3)], 1)
     elif cls == 2:  # ring: irregular outline with an irregular hole
         cv2.fillPoly(mask, [_radial_polygon(rng, cx, cy, r, 0.5)], 1)
-        cv2.fillPoly(mask, [_radial_polygon(rng, cx, cy, r * rng.uniform(0.45, 0.65), 0.3)], 0)
+        cv2.fillPoly(mask, [_radial_polygon(rng, cx, cy, r * rng.uniform(0.5, 0.7), 0.3)], 0)
     elif cls == 3:  # star: 4-7 spikes
         n = int(rng.integers(4, 8))
         theta = np.arange(2 * n) * np.pi / n + rng.uniform(0, np.pi)
-        radius = np.where(np.arange(2 * n) % 2 == 0, r * 1.2, r * rng.uniform(0.3, 0.5))
+        radius = np.where(np.arange(2 * n) % 2 == 0, r * 1.2, r * rng.uniform(0.25, 0.4))
         pts = np.stack([cx + radius * np.cos(theta), cy + radius * np.sin(theta)], 1)
         cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
     elif cls == 4:  # worm: a thin bent polyline
-        steps = rng.normal(0, 1, size=(int(rng.integers(3, 6)), 2))
+        steps = rng.normal(0, 1, size=(int(rng.integers(4, 8)), 2))
         pts = np.cumsum(steps / np.linalg.norm(steps, axis=1, keepdims=True) * r * 0.8, 0) + [
             cx,
             cy,
         ]
         cv2.polylines(
-            mask, [np.round(pts).astype(np.int32)], False, 1, thickness=int(rng.integers(2, 5))
+            mask, [np.round(pts).astype(np.int32)], False, 1, thickness=int(rng.integers(3, 7))
         )
     else:  # arc: a thick open arc (a horseshoe)
         start = float(rng.uniform(0, 360))
         axes = (round(r), round(r * rng.uniform(0.6, 1.0)))
         cv2.ellipse(mask, (round(cx), round(cy)), axes, float(rng.uniform(0, 180)), start,
-                    start + float(rng.uniform(200, 300)), 1, thickness=max(2, round(r * rng.uniform(0.25, 0.45))))  # fmt: skip
+                    start + float(rng.uniform(200, 300)), 1, thickness=max(2, round(r * rng.uniform(0.18, 0.35))))  # fmt: skip
     return mask
 
 
@@ -223,7 +223,9 @@ def render_hard_instances(
         ys, xs = np.nonzero(visible)
         boxes.append((xs.min(), ys.min(), xs.max(), ys.max(), cls))
         visibles.append(visible)
-    label[_boundary_band(label)] = IGNORE_INDEX
+    # VOC's 255 band, one pixel wide and on the background side only: at this image size a band
+    # on both sides would swallow the thin objects (worms, arcs) whole.
+    label[_boundary_band(label) & (label == 0)] = IGNORE_INDEX
     img += rng.normal(0, _NOISE, size=img.shape).astype(np.float32)
     image = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     return image, label, np.array(boxes, dtype=np.int64).reshape(-1, 5), visibles
