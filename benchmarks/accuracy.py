@@ -14,6 +14,7 @@ Same synthetic data, same small model, same schedule; several seeds per setting:
     crf-ce / crf-pip  the same on DenseCRF-refined pseudo labels
 
 Runs go two at a time (one thread each) and are resumable: a finished run's summary is reused.
+``--hard`` runs the hard benchmark instead (`benchmarks/accuracy_hard.py`).
 Prints a markdown table of val mIoU (mean and spread over seeds) against ground truth, and the
 fraction of the (box-ce -> full) gap that each setting closes. `make bench-accuracy`.
 """
@@ -117,7 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-val", type=int, default=40)
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra config override")
     parser.add_argument("--json", type=Path, help="write all results here")
+    parser.add_argument("--hard", action="store_true", help="the hard benchmark (benchmarks/accuracy_hard.py)")
+    parser.add_argument("--starts", nargs="+", default=["scratch", "pretrained"],
+                        choices=["scratch", "pretrained"], help="--hard: starting weights")  # fmt: skip
+    parser.add_argument("--size", type=int, default=112, help="--hard: image width (height 6/7 of it)")
+    parser.add_argument("--pretrain-iters", type=int, default=600, help="--hard: iterations of the pretraining")
     args = parser.parse_args(argv)
+    if args.hard:
+        from accuracy_hard import main_hard
+
+        return main_hard(args)
 
     settings = {**SETTINGS, **(ABLATIONS if args.ablations else {})}
     if args.only:

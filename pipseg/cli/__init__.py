@@ -75,6 +75,7 @@ COMMANDS: dict[str, CommandEntry] = {
         "browse_cmd", "browse",
         "Contact sheets of a prepared dataset: images with their boxes, every pseudo-label source, ground truth.",
     ),
+    "refine": CommandEntry("refine_cmd", "refine", "Self-training rounds: train, relabel in the boxes (model + DenseCRF), train again."),
     "config": CommandEntry("config_cmd", "config_app", "Inspect configs."),
 }  # fmt: skip
 

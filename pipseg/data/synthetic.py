@@ -13,6 +13,7 @@ arguments give the same bytes, and one image does not depend on how many others 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -175,6 +176,9 @@ def _encode(image: np.ndarray, image_ext: str) -> bytes:
     return data.tobytes()
 
 
+Renderer = Callable[[int, int, tuple[int, int]], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
 def make_synthetic_voc(
     root: str | os.PathLike[str],
     n_train: int = 64,
@@ -195,6 +199,26 @@ def make_synthetic_voc(
     Deterministic in its arguments; files already present are kept (so a second call with the
     same arguments writes nothing), and the split lists are written last.
     """
+    return write_voc_dataset(
+        root, render_sample, SYNTHETIC_CLASSES, n_train=n_train, n_val=n_val, image_size=image_size,
+        seed=seed, image_ext=image_ext, masks=masks, split_lists=split_lists,
+    )  # fmt: skip
+
+
+def write_voc_dataset(
+    root: str | os.PathLike[str],
+    render: Renderer,
+    classes: list[str],
+    *,
+    n_train: int,
+    n_val: int,
+    image_size: tuple[int, int],
+    seed: int,
+    image_ext: str = ".jpg",
+    masks: str = "all",
+    split_lists: bool = True,
+) -> Path:
+    """Write ``render(seed, index, image_size)`` samples in VOC layout (see `make_synthetic_voc`)."""
     if masks not in ("all", "val", "none"):
         raise ValueError(f"masks must be 'all', 'val' or 'none', not {masks!r}")
     root = Path(root)
@@ -205,11 +229,11 @@ def make_synthetic_voc(
         with_mask = masks == "all" or (masks == "val" and index >= n_train)
         if image_path.exists() and xml_path.exists() and (label_path.exists() or not with_mask):
             continue
-        image, label, boxes = render_sample(seed, index, image_size)
+        image, label, boxes = render(seed, index, image_size)
         atomic_write_bytes(image_path, _encode(image, image_ext))
         if with_mask:
             write_label(label_path, label)
-        atomic_write_text(xml_path, voc_xml(sample_id, boxes, *image_size, SYNTHETIC_CLASSES))
+        atomic_write_text(xml_path, voc_xml(sample_id, boxes, *image_size, classes))
     if not split_lists:
         return root
     lists = {"train": ids[:n_train], "val": ids[n_train:], "trainval": ids}
