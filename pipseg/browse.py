@@ -95,7 +95,9 @@ def _find_label(dirs: Sequence[Path], sample_id: str) -> np.ndarray | None:
 
 
 def _image_miou(label: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
-    return scores_from_matrix(confusion_counts(label, gt, num_classes, IGNORE_INDEX))["miou"]
+    """mIoU on the pixels the source labels (as `prepare` scores it): its 255 pixels are left out."""
+    scored = np.where(label == IGNORE_INDEX, IGNORE_INDEX, gt)
+    return scores_from_matrix(confusion_counts(label, scored, num_classes, IGNORE_INDEX))["miou"]
 
 
 def _pseudo_miou(labels: dict[str, np.ndarray | None], gt: np.ndarray | None, num_classes: int) -> float:

@@ -22,7 +22,8 @@ VOC_CLASSES: tuple[str, ...] = (
     "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 
-LabelSource = Literal["gt", "sdi", "wssl", "box", "grabcut", "crf", "consensus", "sam"]
+# Named sources, plus `refine-<k>` registered by `pipseg refine` round k.
+LabelSource = Annotated[str, Field(pattern=r"^(gt|sdi|wssl|box|grabcut|crf|consensus|sam|refine-[1-9][0-9]*)$")]
 ModelName = Literal["vgg16_largefov", "deeplabv2_resnet101", "tiny_deeplab"]  # = models.MODEL_NAMES
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]

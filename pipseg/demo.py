@@ -109,7 +109,7 @@ def run_demo(
     stage = stage or (lambda name: None)
     workdir = Path(workdir).expanduser().resolve()
     cfg = demo_config(workdir, config, overrides)
-    if [c.lower() for c in cfg.data.classes] != [c.lower() for c in SYNTHETIC_CLASSES]:
+    if cfg.data.classes is not None and [c.lower() for c in cfg.data.classes] != [c.lower() for c in SYNTHETIC_CLASSES]:
         raise PipsegError(f"data.classes must be the synthetic classes {SYNTHETIC_CLASSES} for the demo")
     source = cfg.data.label_source
 

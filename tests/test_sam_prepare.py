@@ -21,7 +21,7 @@ from pipseg.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc, render_
 from pipseg.engine import train
 from pipseg.labels import sam
 from pipseg.labels.sam import SamLabeller, SamSource, load_sam
-from tests.test_sam import check_boxes_respected, tiny_sam
+from test_sam import check_boxes_respected, tiny_sam
 
 runner = CliRunner()
 SIZE, N, SEED = (64, 48), 6, 3
