@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_sam import check_boxes_respected, tiny_sam
 from typer.testing import CliRunner
 
 from pipseg.cli import app
@@ -21,7 +22,6 @@ from pipseg.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_voc, render_
 from pipseg.engine import train
 from pipseg.labels import sam
 from pipseg.labels.sam import SamLabeller, SamSource, load_sam
-from test_sam import check_boxes_respected, tiny_sam
 
 runner = CliRunner()
 SIZE, N, SEED = (64, 48), 6, 3
