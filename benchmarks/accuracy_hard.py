@@ -1,43 +1,98 @@
-"""The hard accuracy benchmark (`python benchmarks/accuracy.py --hard`): which label source, loss
-and rounds get box supervision to full supervision when box-derived labels are as wrong as VOC's?
+"""The hard accuracy benchmark (`make bench-accuracy`): which label source, loss and rounds get
+box supervision to full supervision when box-derived labels are as wrong as VOC's?
 
 Data: `pipseg.data.synthetic_hard` (photo backgrounds, real textures, look-alike clutter, soft
-edges, occlusion, thin / concave / holed objects). Rows: full masks (CE), then each label source
-(box, grabcut, crf, consensus when `prepare` makes it, refine-1) x each loss (ce, pip at lambda
-0.2, pip at lambda 1). ``refine-1`` is one self-training round (`pipseg.refine.relabel`) from
-the same seed's ``crf-pip`` model. Each row is trained from scratch and from a pretrained start:
-tiny_deeplab trained once with full masks on the shapes dataset (other classes, other shapes),
-its classifier re-initialised (cached in ``<workdir>/pretrain``). Every run is also scored with
-DenseCRF at test time. Runs go ``--jobs`` at a time (one thread each) and are resumable.
+edges, occlusion, thin / concave / holed objects). Settings: ``full`` (ground-truth masks, CE)
+and ``<source>-<loss>`` for the label sources box, grabcut, crf, consensus, refine-1, refine-2
+and the losses ce, pip (lambda 0.2) and pip-l1 (lambda 1). ``refine-k`` is self-training round k
+(`pipseg.refine.relabel`): the same seed's ``refine-(k-1)-pip`` model (``crf-pip`` for k = 1)
+relabels the train images, constrained to the boxes and refined by DenseCRF. Every setting is
+trained from scratch and from a pretrained start (tiny_deeplab trained once with full masks on
+the shapes dataset, other classes and shapes, classifier re-initialised; cached in
+``<workdir>/pretrain``), and scored without and with DenseCRF at test time.
+
+``--grid core`` (the default, ~22 min on 2 cores) runs the settings that decide the recommended
+pipeline; ``--grid full`` every source x loss (~50 min). ``refine-1-pip-l1+agree`` is round 1
+with ``pipseg refine --agree``; ``crf-pip-l3`` (lambda 3) runs only when named in ``--only``.
+Runs go ``--jobs`` at a time, one thread each, and are resumable: a finished run is reused.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+SOURCES = ["box", "grabcut", "crf", "consensus", "refine-1", "refine-2"]
 LOSSES: dict[str, dict[str, object]] = {
     "ce": {"loss.kind": "ce"},
     "pip": {"loss.kind": "pip", "loss.lamb": 0.2},
     "pip-l1": {"loss.kind": "pip", "loss.lamb": 1.0},
 }
-REFINE_FROM = "crf-pip"  # the round-0 run whose model makes refine-1
+AGREE = "+agree"  # a chain whose rounds keep only labels agreeing with the previous round's
+EXPLORE: dict[str, dict[str, object]] = {  # beyond the grid
+    "crf-pip-l3": {"data.label_source": "crf", "loss.kind": "pip", "loss.lamb": 3.0},
+    "refine-1-pip-l1+agree": {"data.label_source": "refine-1", **LOSSES["pip-l1"]},
+}
+CORE = [
+    "full",
+    "crf-ce",
+    "crf-pip",
+    "crf-pip-l1",
+    "consensus-pip",
+    "refine-1-pip-l1",
+    "refine-2-pip-l1",
+    "refine-1-pip-l1+agree",
+]
+REFERENCE = "crf-pip"  # what every added part must beat by more than the seed spread
 
 
-def hard_settings(sources: list[str]) -> dict[str, dict[str, object]]:
+def all_settings() -> dict[str, dict[str, object]]:
     """``full`` plus ``<source>-<loss>`` for every source and loss."""
     settings: dict[str, dict[str, object]] = {
         "full": {"data.label_source": "gt", "loss.kind": "ce"}
     }
-    for source in sources:
+    for source in SOURCES:
         for loss, spec in LOSSES.items():
             settings[f"{source}-{loss}"] = {"data.label_source": source, **spec}
-    return settings
+    return {**settings, **EXPLORE}
+
+
+def round_of(name: str) -> int:
+    """Self-training round a setting trains in (0 for the prepared sources)."""
+    return int(name.split("-")[1]) if name.startswith("refine-") else 0
+
+
+def loss_of(name: str) -> str:
+    """The loss part of a ``<source>-<loss>`` setting (with `AGREE` for such refine chains)."""
+    if name == "full":
+        return "ce"
+    return name.split("-", 2)[2] if name.startswith("refine-") else name.split("-", 1)[1]
+
+
+def teacher_of(k: int, loss: str) -> str:
+    """The setting whose model makes the labels of round ``k`` of the ``loss`` chain: each chain
+    trains with one loss throughout (crf labels, then refine-1, refine-2, ...)."""
+    return f"crf-{loss.removesuffix(AGREE)}" if k == 1 else f"refine-{k - 1}-{loss}"
+
+
+def refine_source(k: int, loss: str, start: str, seed: int) -> str:
+    """The label source of round ``k`` of a chain, per start and seed."""
+    return f"refine-{k}-{loss.replace(AGREE, '-agree')}-{start}-s{seed}"
+
+
+def with_teachers(names: list[str]) -> list[str]:
+    """``names`` plus every run the refine rounds among them need, in order."""
+    needed = set(names)
+    for name in names:
+        for k in range(round_of(name), 0, -1):
+            needed.add(teacher_of(k, loss_of(name)))
+    return [n for n in all_settings() if n in needed]
 
 
 def base_sets(workdir: Path, start: str, seed: int, out_dir: Path) -> list[str]:
@@ -49,9 +104,11 @@ def base_sets(workdir: Path, start: str, seed: int, out_dir: Path) -> list[str]:
             "data.workers=0", f"model.init={init}", "eval.pad_size=128"]  # fmt: skip
 
 
-def run_hard(
-    workdir: str, start: str, name: str, spec: dict[str, object], seed: int, extra: list[str]
-) -> dict:
+def run_dir(workdir: Path, start: str, name: str, seed: int) -> Path:
+    return workdir / "runs" / start / f"{name}-s{seed}"
+
+
+def run_hard(workdir: str, start: str, name: str, seed: int, extra: list[str]) -> dict:
     """Train one setting with one seed and start (one thread); val mIoU without and with CRF."""
     import torch
 
@@ -61,11 +118,14 @@ def run_hard(
     from pipseg.evaluate import evaluate_checkpoint
     from pipseg.refine import round_config
 
-    out_dir = Path(workdir) / "runs" / start / f"{name}-s{seed}"
+    out_dir = run_dir(Path(workdir), start, name, seed)
     done = out_dir / "bench.json"
     if done.is_file():
         return {**json.loads(done.read_text()), "reused": True}
+    spec = all_settings()[name]
     source = str(spec["data.label_source"])
+    if source.startswith("refine-"):  # each chain, seed and start self-trains on its own labels
+        source = refine_source(round_of(name), loss_of(name), start, seed)
     sets = base_sets(Path(workdir), start, seed, out_dir)
     sets += [f"{k}={v}" for k, v in spec.items() if k != "data.label_source"] + extra
     cfg = round_config(load_config(CONFIG, sets), source, out_dir)  # refine-* is no config literal
@@ -79,23 +139,43 @@ def run_hard(
     return row
 
 
+def relabel_round(
+    workdir: str, start: str, k: int, loss: str, seed: int, extra: list[str]
+) -> tuple[str, tuple[float, float | None]]:
+    """Label source ``refine-<k>-<loss>-<start>-s<seed>`` from the seed's teacher run; its mIoU
+    against ground truth (on its labelled pixels) and its coverage."""
+    import torch
+
+    torch.set_num_threads(1)
+    from pipseg.config import load_config
+    from pipseg.data.manifest import load_manifest
+    from pipseg.refine import relabel, source_miou
+
+    teacher = run_dir(Path(workdir), start, teacher_of(k, loss), seed)
+    previous = json.loads((teacher / "bench.json").read_text())["source"]
+    cfg = load_config(CONFIG, base_sets(Path(workdir), start, seed, teacher) + extra)
+    source = refine_source(k, loss, start, seed)
+    relabel(cfg, teacher / "last.pt", previous, source, workers=1, agree=loss.endswith(AGREE))
+    coverage = load_manifest(cfg.data.prepared_dir)["sources"][source].get("coverage")
+    return source, (source_miou(cfg, source), coverage)
+
+
 def prepare_hard(
     workdir: Path, n_train: int, n_val: int, size: tuple[int, int]
-) -> tuple[dict[str, float], list[str]]:
-    """Generate the hard dataset and its pseudo labels; each source's mIoU vs ground truth."""
+) -> dict[str, tuple[float, float | None]]:
+    """Generate the hard dataset and its pseudo labels; each source's mIoU vs ground truth (on
+    its labelled pixels) and coverage (share of pixels not ignored)."""
     from pipseg.config import CRFConfig
     from pipseg.data.prepare import prepare_dataset
-    from pipseg.data.pseudo import PSEUDO_KINDS
     from pipseg.data.synthetic_hard import HARD_CLASSES, make_hard_voc
 
-    kinds = [k for k in ("box", "grabcut", "crf", "consensus") if k in PSEUDO_KINDS]
+    kinds = ["box", "grabcut", "crf", "consensus"]
     root = make_hard_voc(workdir / "data", n_train=n_train, n_val=n_val, image_size=size, seed=0)
     report = prepare_dataset(
         root, pseudo=kinds, classes=list(HARD_CLASSES), crf=CRFConfig(), workers=2
     )
-    return {
-        k: s.miou.get("train", float("nan")) for k, s in report.sources.items() if k in kinds
-    }, kinds
+    return {k: (s.miou.get("train", float("nan")), s.coverage) for k, s in report.sources.items()
+            if k in kinds}  # fmt: skip
 
 
 def pretrain(workdir: Path, iters: int) -> Path:
@@ -133,95 +213,150 @@ def pretrain(workdir: Path, iters: int) -> Path:
     return init
 
 
-def make_refine_labels(
-    workdir: Path, start: str, seed: int, extra: list[str], workers: int
-) -> tuple[str, float]:
-    """Label source ``refine-1-<start>-s<seed>`` from that seed's `REFINE_FROM` run; its mIoU."""
-    from pipseg.config import load_config
-    from pipseg.refine import relabel, source_miou
+def run_all(workdir: Path, names: list[str], starts: list[str], seeds: range, jobs: int,
+            extra: list[str]) -> tuple[list[dict], dict[str, float]]:  # fmt: skip
+    """Every (start, seed, setting) run; a seed's round k starts as soon as its teacher is done."""
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    out_dir = workdir / "runs" / start / f"{REFINE_FROM}-s{seed}"
-    cfg = load_config(CONFIG, base_sets(workdir, start, seed, out_dir) + extra)
-    source = f"refine-1-{start}-s{seed}"
-    relabel(cfg, out_dir / "last.pt", "crf", source, workers=workers)
-    return source, source_miou(cfg, source)  # type: ignore[return-value]
+    chains = sorted({(round_of(n), loss_of(n)) for n in names if round_of(n) > 0})
+    results: list[dict] = []
+    label_miou: dict[str, tuple[float, float | None]] = {}
+    first = [n for n in names if round_of(n) == 0]
+    teachers = {teacher_of(k, loss) for k, loss in chains}
+    first.sort(key=lambda n: n not in teachers)  # their rounds can start early
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pending = {pool.submit(run_hard, str(workdir), st, n, s, extra): ("run", st, n, s)
+                   for s in seeds for n in first for st in starts}  # fmt: skip
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                kind, st, what, seed = pending.pop(future)
+                if kind == "run":
+                    r = future.result()
+                    results.append(r)
+                    print(f"  {st:<10} {what:<15} seed {seed}  val mIoU {100 * r['miou']:.1f}"
+                          f"  (+CRF {100 * r['miou_crf']:.1f})  {r['time_s']:.0f} s", flush=True)  # fmt: skip
+                    for k, loss in chains:
+                        if teacher_of(k, loss) == what:
+                            job = pool.submit(relabel_round, str(workdir), st, k, loss, seed, extra)
+                            pending[job] = ("relabel", st, (k, loss), seed)
+                else:
+                    source, miou = future.result()
+                    label_miou[source] = miou
+                    for n in (n for n in names if (round_of(n), loss_of(n)) == what):
+                        pending[pool.submit(run_hard, str(workdir), st, n, seed, extra)] = (
+                            "run",
+                            st,
+                            n,
+                            seed,
+                        )
+    return results, label_miou
 
 
-def run_pool(workdir: Path, jobs: list[tuple], n: int, extra: list[str]) -> list[dict]:
-    results = []
-    with ProcessPoolExecutor(max_workers=n) as pool:
-        futures = [pool.submit(run_hard, str(workdir), *job, extra) for job in jobs]
-        for f in futures:
-            r = f.result()
-            results.append(r)
-            print(f"  {r['start']:<10} {r['name']:<16} seed {r['seed']}  val mIoU {100 * r['miou']:.1f}"
-                  f"  (+CRF {100 * r['miou_crf']:.1f})", flush=True)  # fmt: skip
-    return results
+def label_score(name: str, runs: list[dict], pseudo: dict, label_miou: dict) -> str:
+    """Pseudo-label mIoU of a setting's source (mean over seeds for refine rounds) and coverage."""
+    if name == "full":
+        return "-"
+    scores = [label_miou[r["source"]] for r in runs if r["source"] in label_miou]
+    if scores:  # refine rounds: the mean over seeds
+        miou = statistics.mean(m for m, _ in scores)
+        covered = [c for _, c in scores if c is not None]
+        coverage = statistics.mean(covered) if covered else None
+    else:
+        miou, coverage = pseudo.get(runs[0]["source"], (float("nan"), None))
+    return f"{100 * miou:.1f}" + (
+        f" ({100 * coverage:.0f}% labelled)" if coverage and coverage < 1 else ""
+    )
 
 
-def summarise_hard(
-    results: list[dict], pseudo: dict[str, float], names: list[str], start: str
-) -> str:
-    """Markdown table of one start: mean, spread and share of full supervision per setting."""
-    rows = [r for r in results if r["start"] == start]
-    by = {n: [r for r in rows if r["name"] == n] for n in names}
-    full = statistics.mean(r["miou"] for r in by["full"]) if by.get("full") else float("nan")
+def summarise_hard(results: list[dict], pseudo: dict, label_miou: dict, names: list[str],
+                   start: str) -> str:  # fmt: skip
+    """Markdown table of one start: mean, spread, share of full and difference to `REFERENCE`."""
+    by = {n: [r for r in results if r["start"] == start and r["name"] == n] for n in names}
+    by = {n: sorted(runs, key=lambda r: r["seed"]) for n, runs in by.items() if runs}
+    mean = {n: statistics.mean(r["miou"] for r in runs) for n, runs in by.items()}
+    spread = {
+        n: max(r["miou"] for r in runs) - min(r["miou"] for r in runs) for n, runs in by.items()
+    }
+    full = mean.get("full", float("nan"))
     lines = [f"start: {start}", "",
-             "| setting | pseudo-label mIoU (train) | val mIoU mean | spread (min..max) | seeds | "
-             "% of full | + test-time CRF (mean) |", "|---|---:|---:|---|---:|---:|---:|"]  # fmt: skip
-    for n in names:
-        runs = by.get(n) or []
-        if not runs:
-            continue
-        vals = [r["miou"] for r in runs]
-        scored = (
-            [pseudo[s] for s in {r["source"] for r in runs} if s in pseudo] if n != "full" else []
-        )
-        p = f"{100 * statistics.mean(scored):.1f}" if scored else "-"
-        mean = statistics.mean(vals)
-        lines.append(f"| {n} | {p} | {100 * mean:.1f} | {100 * min(vals):.1f}..{100 * max(vals):.1f} | "
-                     f"{len(vals)} | {100 * mean / full:.0f}% | "
-                     f"{100 * statistics.mean(r['miou_crf'] for r in runs):.1f} |")  # fmt: skip
+             "| setting | pseudo-label mIoU (train) | val mIoU mean | per seed | % of full | "
+             f"vs {REFERENCE} | + test-time CRF (mean) |", "|---|---:|---:|---|---:|---:|---:|"]  # fmt: skip
+    for n, runs in by.items():
+        diff = "-"
+        if REFERENCE in mean and n != REFERENCE:
+            delta = mean[n] - mean[REFERENCE]
+            beyond = abs(delta) > max(spread[n], spread[REFERENCE])
+            diff = f"{100 * delta:+.1f}" + (" **beyond spread**" if beyond else "")
+        seeds = " / ".join(f"{100 * r['miou']:.1f}" for r in runs)
+        crf = statistics.mean(r["miou_crf"] for r in runs)
+        lines.append(f"| {n} | {label_score(n, runs, pseudo, label_miou)} | {100 * mean[n]:.1f} | {seeds} | "
+                     f"{100 * mean[n] / full:.0f}% | {diff} | {100 * crf:.1f} |")  # fmt: skip
     return "\n".join(lines)
 
 
-def main_hard(args: Any) -> int:
-    """Run the hard benchmark with the parsed options of `accuracy.py`."""
-    workdir: Path = args.workdir
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("runs/accuracy-hard"))
+    parser.add_argument("--grid", choices=["core", "full"], default="core")
+    parser.add_argument(
+        "--only", nargs="+", help="run only these settings (and the runs they need)"
+    )
+    parser.add_argument(
+        "--starts", nargs="+", default=["scratch", "pretrained"], choices=["scratch", "pretrained"]
+    )
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=1000, help="optim.iters of every run")
+    parser.add_argument("--crop", type=int, default=80, help="data.crop_size of every run")
+    parser.add_argument("--size", type=int, default=112, help="image width (height 6/7 of it)")
+    parser.add_argument("--n-train", type=int, default=160)
+    parser.add_argument("--n-val", type=int, default=100)
+    parser.add_argument("--pretrain-iters", type=int, default=600)
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--set", dest="sets", action="append", default=[], help="extra config override"
+    )
+    parser.add_argument("--json", type=Path, help="write all results here")
+    args = parser.parse_args(argv)
+
+    unknown = set(args.only or []) - set(all_settings())
+    if unknown:
+        parser.error(f"unknown settings {sorted(unknown)}; choose from {list(all_settings())}")
+    grid = CORE if args.grid == "core" else [n for n in all_settings() if n not in EXPLORE]
+    names = with_teachers(args.only or grid)
     started = time.perf_counter()
     size = (args.size, round(args.size * 6 / 7))
-    pseudo, kinds = prepare_hard(workdir, args.n_train, args.n_val, size)
-    settings = hard_settings(kinds + ["refine-1"])
-    if args.only:
-        settings = {k: v for k, v in settings.items() if k in args.only}
-    extra = list(args.sets) + ([f"optim.iters={args.iters}"] if args.iters else [])
+    pseudo = prepare_hard(args.workdir, args.n_train, args.n_val, size)
+    extra = [f"optim.iters={args.iters}", f"data.crop_size={args.crop}", *args.sets]
     if "pretrained" in args.starts:
-        pretrain(workdir, args.pretrain_iters)
-    plain = [(n, s) for n, s in settings.items() if s["data.label_source"] != "refine-1"]
-    refined = [(n, s) for n, s in settings.items() if s["data.label_source"] == "refine-1"]
-    if refined and REFINE_FROM not in dict(plain):
-        plain.append((REFINE_FROM, hard_settings(["crf"])[REFINE_FROM]))
-    seeds = range(args.seeds)
-    results = run_pool(workdir, [(st, n, s, seed) for st in args.starts for seed in seeds for n, s in plain],
-                       args.jobs, extra)  # fmt: skip
-    jobs = []
-    for st in args.starts if refined else []:
-        for seed in seeds:
-            source, miou = make_refine_labels(workdir, st, seed, extra, args.jobs)
-            pseudo[source] = miou
-            jobs += [(st, n, {**s, "data.label_source": source}, seed) for n, s in refined]
-    results += run_pool(workdir, jobs, args.jobs, extra)
-    print(f"\n{time.strftime('%Y-%m-%d')}, hard benchmark, {len(results)} runs, "
+        pretrain(args.workdir, args.pretrain_iters)
+    results, label_miou = run_all(
+        args.workdir, names, args.starts, range(args.seeds), args.jobs, extra
+    )
+    print(f"\n{time.strftime('%Y-%m-%d')}, hard benchmark ({'chosen settings' if args.only else args.grid + ' grid'}), {len(results)} runs, "
           f"{time.perf_counter() - started:.0f} s, {args.jobs} parallel runs of one thread; images "
-          f"{size[0]}x{size[1]}, {args.n_train} train / {args.n_val} val; overrides: {extra or 'none'}\n")  # fmt: skip
-    print("pseudo-label mIoU vs ground truth (train): "
-          + ", ".join(f"{k} {100 * v:.1f}" for k, v in pseudo.items()) + "\n")  # fmt: skip
-    names = list(dict.fromkeys([*settings, *(n for n, _ in plain)]))
+          f"{size[0]}x{size[1]}, {args.n_train} train / {args.n_val} val; overrides: {extra}\n")  # fmt: skip
+    print("pseudo-label mIoU vs ground truth (train, on labelled pixels): "
+          + ", ".join(f"{k} {100 * m:.1f}" + (f" (coverage {100 * c:.0f}%)" if c and c < 1 else "")
+                      for k, (m, c) in pseudo.items()) + "\n")  # fmt: skip
+    print(
+        "'beyond spread': the difference of means exceeds both settings' min..max range over seeds.\n"
+    )
     for st in args.starts:
-        print(summarise_hard(results, pseudo, names, st) + "\n")
+        print(summarise_hard(results, pseudo, label_miou, names, st) + "\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps({"pseudo_miou": pseudo, "results": results}, indent=2, default=str)
-        )
+        doc = {
+            "pseudo_miou": pseudo,
+            "refine_label_miou": label_miou,
+            "results": results,
+            "overrides": extra,
+        }
+        args.json.write_text(json.dumps(doc, indent=2, default=str))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

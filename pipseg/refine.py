@@ -5,7 +5,8 @@ Round 0 trains on ``data.label_source`` into ``<runtime.out_dir>/round-0``. Roun
 predicts the train split with round ``k - 1``'s final model, keeps each class only inside boxes
 of that class (background everywhere), refines with `pipseg.crf.DenseCRF` (``crf`` settings),
 applies the boxes again, and falls back to the previous labels inside a box the model all but
-missed (less than `pipseg.data.pseudo.MIN_KEEP` of it). The maps go to
+missed (less than `pipseg.data.pseudo.MIN_KEEP` of it). With ``agree``, pixels inside a box
+where the new label differs from the previous one become ignore (255). The maps go to
 ``<prepared>/pseudo/refine-<k>`` and the manifest gains the label source ``refine-<k>``
 (scored against ground truth where masks exist); then round ``k`` trains on them.
 
@@ -64,6 +65,8 @@ class RoundResult:
     wall_time_s: float
     out_dir: str
     reused: bool = False
+    coverage: float | None = None
+    agree: bool = False
 
 
 def source_name(k: int) -> str:
@@ -76,14 +79,16 @@ def refine(
     rounds: int,
     *,
     force: bool = False,
+    agree: bool = False,
     workers: int | None = None,
     on_round: Callable[[RoundResult], None] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[RoundResult]:
     """Run rounds ``0..rounds`` (see the module docstring); returns one `RoundResult` per round.
 
-    ``force`` redoes finished rounds; ``workers`` processes run the CRFs; ``on_round`` is called
-    after each round, ``progress`` gets the training events of `pipseg.engine.train`.
+    ``force`` redoes finished rounds; ``agree`` keeps only labels agreeing with the previous
+    round's inside boxes; ``workers`` processes run the CRFs; ``on_round`` is called after each
+    round, ``progress`` gets the training events of `pipseg.engine.train`.
     """
     if rounds < 0:
         raise PipsegError(f"--rounds: {rounds} is negative; pass 0 (a plain run) or more")
@@ -92,10 +97,15 @@ def refine(
     results: list[RoundResult] = []
     for k in range(rounds + 1):
         done = state.get(str(k))
+        if done is not None and k > 0 and done.get("agree", False) != agree:
+            raise PipsegError(
+                f"{base / STATE_NAME}: round {k} was made {'with' if not agree else 'without'} "
+                "--agree; pass the same option, or --force to redo the rounds"
+            )
         if done is not None:
             result = RoundResult(**{**done, "reused": True})
         else:
-            result = _run_round(cfg, k, base, force, workers, progress)
+            result = _run_round(cfg, k, base, force, agree, workers, progress)
             state[str(k)] = asdict(result)
             atomic_write_json(base / STATE_NAME, state)
         results.append(result)
@@ -105,14 +115,14 @@ def refine(
 
 
 def _run_round(
-    cfg: Config, k: int, base: Path, force: bool, workers: int | None,
+    cfg: Config, k: int, base: Path, force: bool, agree: bool, workers: int | None,
     progress: Callable[[dict[str, Any]], None] | None,
 ) -> RoundResult:  # fmt: skip
     started = time.perf_counter()
     source = cfg.data.label_source if k == 0 else source_name(k)
     if k > 0:
         previous = cfg.data.label_source if k == 1 else source_name(k - 1)
-        relabel(cfg, base / f"round-{k - 1}" / LAST, previous, source, workers=workers)
+        relabel(cfg, base / f"round-{k - 1}" / LAST, previous, source, workers=workers, agree=agree)
     out_dir = base / f"round-{k}"
     run_cfg = round_config(cfg, source, out_dir)
     resume = not force and (out_dir / LAST).is_file()
@@ -122,9 +132,11 @@ def _run_round(
             f"{out_dir}: round {k} stopped before optim.iters; rerun `pipseg refine` to resume it"
         )
     val = float(result.metrics["miou"]) if result.metrics else None
+    entry = load_manifest(cfg.data.prepared_dir).get("sources", {}).get(source, {})
     return RoundResult(
-        k, source, source_miou(cfg, source), val, time.perf_counter() - started, str(out_dir)
-    )
+        k, source, source_miou(cfg, source), val, time.perf_counter() - started, str(out_dir),
+        coverage=entry.get("coverage"), agree=agree and k > 0,
+    )  # fmt: skip
 
 
 def round_config(cfg: Config, source: str, out_dir: Path) -> Config:
@@ -174,14 +186,22 @@ class RelabelTask:
     gt: Path | None
     out: Path
     crf: CRFConfig
+    agree: bool = False
 
 
 def relabel(
-    cfg: Config, checkpoint: Path, previous: str, source: str, *, workers: int | None = None
+    cfg: Config,
+    checkpoint: Path,
+    previous: str,
+    source: str,
+    *,
+    workers: int | None = None,
+    agree: bool = False,
 ) -> Path:
     """Write label source ``source`` for ``data.train_split`` from ``checkpoint``'s predictions
     (constrained to the boxes, refined by DenseCRF) and register it in the manifest; labels of
-    ``previous`` fill the boxes the model missed. Reuses a complete earlier result."""
+    ``previous`` fill the boxes the model missed, and with ``agree`` only pixels agreeing with
+    them keep a label inside boxes (the rest 255). Reuses a complete earlier result."""
     prepared = cfg.data.prepared_dir
     manifest = load_manifest(prepared)
     bases = folder_bases(manifest, prepared, cfg.data.root)
@@ -195,6 +215,7 @@ def relabel(
         "checkpoint": str(checkpoint.resolve()),
         "sha256": file_digest(checkpoint),
         "from": previous,
+        "agree": agree,
     }
     entry = manifest.get("sources", {}).get(source, {})
     if entry.get("refine") == origin and all((folder / f"{i}.png").is_file() for i in ids):
@@ -210,15 +231,19 @@ def relabel(
     model, meta = model_from_checkpoint(checkpoint, device)
     c = int(meta["num_classes"])
     matrix = np.zeros((c, c), np.int64)
+    labelled = total = 0
     for chunk in _chunks(ids, _CHUNK):
         tasks = [
-            _task(model, images[i], prev.get(i), gt.get(i), folder / f"{i}.png", cfg) for i in chunk
+            _task(model, images[i], prev.get(i), gt.get(i), folder / f"{i}.png", cfg, agree)
+            for i in chunk
         ]
-        for _, counts in run_tasks(relabel_image, tasks, workers=workers):
+        for _, (counts, kept, pixels) in run_tasks(relabel_image, tasks, workers=workers):
+            labelled, total = labelled + kept, total + pixels
             if counts is not None:
                 matrix += counts
     miou = float(scores_from_matrix(matrix)["miou"]) if matrix.sum() else None
-    register_source(prepared, source, ids, cfg.data.train_split, miou, origin)
+    coverage = labelled / total if total else None
+    register_source(prepared, source, ids, cfg.data.train_split, miou, origin, coverage)
     return folder
 
 
@@ -243,10 +268,11 @@ def _task(
     gt: Path | None,
     out: Path,
     cfg: Config,
+    agree: bool,
 ) -> RelabelTask:
     rgb = read_image(image.path)
     probs = predict_probs(model, rgb, pad_size=cfg.eval.pad_size).float().cpu().numpy()
-    return RelabelTask(rgb, probs, image.boxes, previous, gt, out, cfg.crf)
+    return RelabelTask(rgb, probs, image.boxes, previous, gt, out, cfg.crf, agree)
 
 
 def allowed_classes(boxes: np.ndarray, num_classes: int, height: int, width: int) -> np.ndarray:
@@ -258,9 +284,10 @@ def allowed_classes(boxes: np.ndarray, num_classes: int, height: int, width: int
     return allowed
 
 
-def relabel_image(task: RelabelTask) -> np.ndarray | None:
-    """Constrain, refine, constrain again, fall back per box; write the map. Returns its
-    confusion counts against ground truth (None without a mask)."""
+def relabel_image(task: RelabelTask) -> tuple[np.ndarray | None, int, int]:
+    """Constrain, refine, constrain again, fall back per box, keep only agreement if asked;
+    write the map. Returns its confusion counts against ground truth on its labelled pixels
+    (None without a mask), its labelled pixels and all its pixels."""
     c, h, w = task.probs.shape
     allowed = allowed_classes(task.boxes, c, h, w)
     probs = np.where(allowed, np.maximum(task.probs, 1e-6), 0.0).astype(np.float32)
@@ -273,10 +300,14 @@ def relabel_image(task: RelabelTask) -> np.ndarray | None:
         if (region == cls).sum() < MIN_KEEP * region.size:
             fill = previous[y0 : y1 + 1, x0 : x1 + 1] == cls if previous is not None else True
             region[fill] = cls
+    if task.agree and previous is not None:
+        label[allowed[1:].any(0) & (label != previous)] = IGNORE_INDEX
     write_label(task.out, label)
+    kept = label != IGNORE_INDEX
     if task.gt is None:
-        return None
-    return confusion_counts(label, read_label(task.gt), c, IGNORE_INDEX)
+        return None, int(kept.sum()), label.size
+    counts = confusion_counts(label[kept], read_label(task.gt)[kept], c, IGNORE_INDEX)
+    return counts, int(kept.sum()), label.size
 
 
 def register_source(
@@ -285,7 +316,8 @@ def register_source(
     ids: list[str],
     split: str,
     miou: float | None,
-    origin: dict[str, str],
+    origin: dict[str, Any],
+    coverage: float | None = None,
 ) -> None:
     """Add (or replace) ``source`` (``prepared:pseudo/<source>``, labels for ``ids`` of ``split``)
     in the manifest, atomically."""
@@ -299,6 +331,6 @@ def register_source(
     manifest.setdefault("sources", {})[source] = {
         "dirs": [{"base": "prepared", "path": f"pseudo/{source}"}], "counts": counts,
         "for_splits": [split], "missing": missing, "miou": {split: miou} if miou is not None else {},
-        "refine": origin,
+        "coverage": coverage, "refine": origin,
     }  # fmt: skip
     atomic_write_json(prepared / MANIFEST_NAME, manifest)

@@ -5,6 +5,7 @@ and the weights of a plain `train` run with the same config."""
 
 import shutil
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,9 @@ def test_one_round_registers_box_respecting_labels_and_a_rerun_skips_it(
     assert again.exit_code == 0, again.output
     assert again.output.count("(earlier)") >= 2
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert entry["coverage"] == 1.0  # without --agree every pixel keeps a label
+    other = runner.invoke(app, ["refine", str(config), "--rounds", "1", "--agree"])
+    assert other.exit_code == 2 and "--agree" in other.output and "--force" in other.output
 
 
 def test_zero_rounds_is_a_plain_training_run(dataset: Path, tmp_path: Path) -> None:
@@ -143,9 +147,44 @@ def test_relabel_keeps_classes_in_their_boxes_and_falls_back_to_previous_labels(
     task = RelabelTask(
         image, probs, boxes, tmp_path / "prev.png", None, tmp_path / "out.png", CRFConfig(iters=3)
     )
-    assert relabel_image(task) is None
+    assert relabel_image(task) == (None, h * w, h * w)
     label = read_label(tmp_path / "out.png")
     inside1 = np.zeros((h, w), bool)
     inside1[3:16, 2:13] = True
     assert (label[inside1] == 1).all() and not (label[~inside1] == 1).any()
     np.testing.assert_array_equal(label[:, 14:] == 2, previous[:, 14:] == 2)
+
+
+def test_relabel_with_agree_ignores_box_pixels_that_disagree_with_the_previous_labels(
+    tmp_path: Path,
+) -> None:
+    h, w = 24, 32
+    image = np.full((h, w, 3), 128, np.uint8)
+    probs = np.full((2, h, w), 0.02, np.float32)
+    probs[1, 3:16, 2:13] = 0.98  # the model fills box 1 with class 1
+    boxes = np.array([[2, 3, 12, 15, 1]], np.int64)
+    previous = np.zeros((h, w), np.uint8)
+    previous[5:12, 4:10] = 1  # the previous labels hold the object in part of the box
+    gt = previous.copy()
+    gt[0, 0] = 255
+    from pipseg.data.labels import write_label
+
+    write_label(tmp_path / "prev.png", previous)
+    write_label(tmp_path / "gt.png", gt)
+    task = RelabelTask(image, probs, boxes, tmp_path / "prev.png", tmp_path / "gt.png",
+                       tmp_path / "plain.png", CRFConfig(iters=3))  # fmt: skip
+    relabel_image(task)
+    plain = read_label(tmp_path / "plain.png")
+    counts, kept, total = relabel_image(replace(task, out=tmp_path / "out.png", agree=True))
+    label = read_label(tmp_path / "out.png")
+    inside = np.zeros((h, w), bool)
+    inside[3:16, 2:13] = True
+    assert (inside & (plain != previous)).sum() > 10  # the model and the previous labels differ
+    expected = np.where(inside & (plain != previous), 255, plain)
+    np.testing.assert_array_equal(label, expected)
+    assert (kept, total) == ((expected != 255).sum(), h * w)
+    keep = (expected != 255) & (gt != 255)
+    oracle = np.array(
+        [[((gt == a) & (expected == b) & keep).sum() for b in (0, 1)] for a in (0, 1)]
+    )
+    np.testing.assert_array_equal(counts, oracle)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -19,6 +20,14 @@ RoundsOpt = Annotated[
         "--rounds", "-r", min=0, help="Relabelling rounds after round 0 (0: a plain training run)."
     ),
 ]
+AgreeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--agree",
+        help="Inside boxes, keep only labels that agree with the previous round's (the rest "
+        "ignored, 255). Measured in BENCHMARKS.md.",
+    ),
+]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Redo finished rounds (and overwrite their runs).")
 ]
@@ -29,10 +38,11 @@ def _percent(value: float | None) -> str:
 
 
 def rounds_table(results: list[RoundResult]) -> Table:
-    """One row per round: label source, its mIoU against ground truth, val mIoU, wall time."""
+    """One row per round: label source, its mIoU against ground truth (train split) and share of
+    labelled pixels, val mIoU, wall time."""
     table = Table(title="pipseg refine")
-    for name, justify in (("round", "right"), ("labels", "left"), ("pseudo-label mIoU (train)", "right"),
-                          ("val mIoU", "right"), ("wall time", "right"), ("run", "left")):  # fmt: skip
+    for name, justify in (("round", "right"), ("labels", "left"), ("pseudo-label mIoU", "right"),
+                          ("labelled", "right"), ("val mIoU", "right"), ("wall time", "right")):  # fmt: skip
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in results:
         time_text = f"{r.wall_time_s:.0f} s" + (" (earlier)" if r.reused else "")
@@ -40,10 +50,12 @@ def rounds_table(results: list[RoundResult]) -> Table:
             str(r.round),
             r.label_source,
             _percent(r.pseudo_miou),
+            f"{_percent(r.coverage)}%" if r.coverage is not None else "-",
             _percent(r.val_miou),
             time_text,
-            r.out_dir,
         )
+    if results:
+        table.caption = f"runs: {Path(results[0].out_dir).parent}/round-<k>"
     return table
 
 
@@ -52,6 +64,7 @@ def refine(
     rounds: RoundsOpt = 1,
     overrides: SetOpt = None,
     workers: WorkersOpt = None,
+    agree: AgreeOpt = False,
     force: ForceOpt = False,
 ) -> None:
     """Self-training rounds: train, relabel in the boxes (model + DenseCRF), train again."""
@@ -77,7 +90,13 @@ def refine(
 
         try:
             run_rounds(
-                cfg, rounds, force=force, workers=workers, on_round=on_round, progress=on_event
+                cfg,
+                rounds,
+                force=force,
+                agree=agree,
+                workers=workers,
+                on_round=on_round,
+                progress=on_event,
             )
         except KeyboardInterrupt:
             raise fail(

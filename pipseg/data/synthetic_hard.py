@@ -44,6 +44,9 @@ _CLASS_TINT = np.array(
 _MIN_VISIBLE = 0.35  # an object less visible than this (after occlusion) is not annotated
 _CLUTTER_ALIKE = 0.6  # share of clutter pieces wearing an object class's texture and tint
 _NOISE = 6.0
+# Width of worms and arcs as a share of the image's short side: thin against their boxes, yet
+# about one output-stride cell (8 px at 96) so a stride-8 model can represent them at all.
+_THIN_WIDTH = (0.06, 0.1)
 
 
 @cache
@@ -134,14 +137,13 @@ def _shape_mask(
             cx,
             cy,
         ]
-        cv2.polylines(
-            mask, [np.round(pts).astype(np.int32)], False, 1, thickness=int(rng.integers(3, 7))
-        )
+        thickness = max(2, round(min(w, h) * rng.uniform(*_THIN_WIDTH)))
+        cv2.polylines(mask, [np.round(pts).astype(np.int32)], False, 1, thickness=thickness)
     else:  # arc: a thick open arc (a horseshoe)
         start = float(rng.uniform(0, 360))
         axes = (round(r), round(r * rng.uniform(0.6, 1.0)))
         cv2.ellipse(mask, (round(cx), round(cy)), axes, float(rng.uniform(0, 180)), start,
-                    start + float(rng.uniform(200, 300)), 1, thickness=max(2, round(r * rng.uniform(0.18, 0.35))))  # fmt: skip
+                    start + float(rng.uniform(200, 300)), 1, thickness=max(2, round(min(w, h) * rng.uniform(*_THIN_WIDTH))))  # fmt: skip
     return mask
 
 
