@@ -13,7 +13,8 @@ the shapes dataset, other classes and shapes, classifier re-initialised; cached 
 
 ``--grid core`` (the default, ~22 min on 2 cores) runs the settings that decide the recommended
 pipeline; ``--grid full`` every source x loss (~50 min). ``refine-1-pip-l1+agree`` is round 1
-with ``pipseg refine --agree``; ``crf-pip-l3`` (lambda 3) runs only when named in ``--only``.
+with ``pipseg refine --agree``. ``crf-pip-l3`` (lambda 3) and ``crf-pip-l1+pairwise[0.3]`` (the
+colour-affinity term, ``loss.pairwise`` 1 or 0.3) run only when named in ``--only``.
 Runs go ``--jobs`` at a time, one thread each, and are resumable: a finished run is reused.
 """
 
@@ -38,6 +39,8 @@ AGREE = "+agree"  # a chain whose rounds keep only labels agreeing with the prev
 EXPLORE: dict[str, dict[str, object]] = {  # beyond the grid
     "crf-pip-l3": {"data.label_source": "crf", "loss.kind": "pip", "loss.lamb": 3.0},
     "refine-1-pip-l1+agree": {"data.label_source": "refine-1", **LOSSES["pip-l1"]},
+    "crf-pip-l1+pairwise": {"data.label_source": "crf", **LOSSES["pip-l1"], "loss.pairwise": 1.0},
+    "crf-pip-l1+pairwise0.3": {"data.label_source": "crf", **LOSSES["pip-l1"], "loss.pairwise": 0.3},
 }
 CORE = [
     "full",

@@ -119,6 +119,12 @@ class LossConfig(_Section):
     )
     # Box-line extremes: "auto" = compiled (Numba) on CPU, PyTorch on GPU; "dense" = PyTorch always.
     box_search: Literal["auto", "dense"] = "auto"
+    pairwise: float = Field(
+        0.0,
+        ge=0,
+        description="weight of a colour-affinity term inside boxes added to the loss (BoxInst's "
+        "pairwise term; 0 = off, see BENCHMARKS.md)",
+    )
 
 
 class OptimConfig(_Section):

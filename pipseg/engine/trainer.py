@@ -370,7 +370,8 @@ def train_step(
             with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                 logits = model(x)
             labels, boxes = to_logit_grid(labels, boxes, logits.shape[-2:])
-            parts = criterion.forward_parts(logits.float(), labels, boxes)
+            extra = {"images": images} if getattr(criterion, "uses_images", False) else {}
+            parts = criterion.forward_parts(logits.float(), labels, boxes, **extra)
             scaler.scale(parts["loss"] / steps).backward()
         parts_sum += torch.stack([parts["loss"], parts["box"], parts["pixel"]]).detach()
     scaler.step(optimizer)
