@@ -84,7 +84,7 @@ class WithPairwise(nn.Module):
 
     def __init__(
         self, base: nn.Module, weight: float, pairwise: PairwiseAffinityLoss | None = None
-    ):
+    ) -> None:
         super().__init__()
         self.base, self.weight = base, weight
         self.pairwise = pairwise or PairwiseAffinityLoss()
