@@ -151,16 +151,14 @@ def relabel_round(
 
     torch.set_num_threads(1)
     from pipseg.config import load_config
-    from pipseg.data.manifest import load_manifest
-    from pipseg.refine import relabel, source_miou
+    from pipseg.refine import relabel, source_quality
 
     teacher = run_dir(Path(workdir), start, teacher_of(k, loss), seed)
     previous = json.loads((teacher / "bench.json").read_text())["source"]
     cfg = load_config(CONFIG, base_sets(Path(workdir), start, seed, teacher) + extra)
     source = refine_source(k, loss, start, seed)
     relabel(cfg, teacher / "last.pt", previous, source, workers=1, agree=loss.endswith(AGREE))
-    coverage = load_manifest(cfg.data.prepared_dir)["sources"][source].get("coverage")
-    return source, (source_miou(cfg, source), coverage)
+    return source, source_quality(cfg, source)
 
 
 def prepare_hard(

@@ -132,10 +132,10 @@ def _run_round(
             f"{out_dir}: round {k} stopped before optim.iters; rerun `pipseg refine` to resume it"
         )
     val = float(result.metrics["miou"]) if result.metrics else None
-    entry = load_manifest(cfg.data.prepared_dir).get("sources", {}).get(source, {})
+    miou, coverage = source_quality(cfg, source)
     return RoundResult(
-        k, source, source_miou(cfg, source), val, time.perf_counter() - started, str(out_dir),
-        coverage=entry.get("coverage"), agree=agree and k > 0,
+        k, source, miou, val, time.perf_counter() - started, str(out_dir),
+        coverage=coverage, agree=agree and k > 0,
     )  # fmt: skip
 
 
@@ -165,11 +165,12 @@ def _read_state(base: Path) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def source_miou(cfg: Config, source: str) -> float | None:
-    """The manifest's mIoU of ``source`` against ground truth (None when not scored)."""
+def source_quality(cfg: Config, source: str) -> tuple[float | None, float | None]:
+    """The manifest's mIoU of ``source`` against ground truth and its share of labelled pixels
+    (None when not recorded)."""
     entry = load_manifest(cfg.data.prepared_dir).get("sources", {}).get(source, {})
     scores = entry.get("miou") or {}
-    return float(next(iter(scores.values()))) if scores else None
+    return (float(next(iter(scores.values()))) if scores else None), entry.get("coverage")
 
 
 # ------------------------------------------------------------------------------ relabelling
@@ -304,9 +305,11 @@ def relabel_image(task: RelabelTask) -> tuple[np.ndarray | None, int, int]:
         label[allowed[1:].any(0) & (label != previous)] = IGNORE_INDEX
     write_label(task.out, label)
     kept = label != IGNORE_INDEX
-    if task.gt is None:
-        return None, int(kept.sum()), label.size
-    counts = confusion_counts(label[kept], read_label(task.gt)[kept], c, IGNORE_INDEX)
+    counts = (
+        confusion_counts(label[kept], read_label(task.gt)[kept], c, IGNORE_INDEX)
+        if task.gt is not None
+        else None
+    )
     return counts, int(kept.sum()), label.size
 
 
